@@ -1,0 +1,54 @@
+package loadstate
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Slot names one candidate backend for Acquire and its capacity as currently
+// configured. Capacity travels with every call so a config reload that changes
+// max_inflight takes effect at once, on every replica.
+type Slot struct {
+	Backend  string // backend name, from configuration
+	Capacity int    // max_inflight
+}
+
+// Store is where in-flight load lives. Implementations must be safe for
+// concurrent use.
+type Store interface {
+	// Acquire takes a slot on the first candidate, in order, that has room and
+	// records it under lease id. It returns the index of that candidate, or -1
+	// when none has room. Calling it again with an id that already holds a slot
+	// returns that slot's index and takes nothing more (idempotent under retries).
+	Acquire(ctx context.Context, id string, candidates []Slot) (int, error)
+
+	// Release gives the lease back. Releasing a lease that is not held (already
+	// released, expired, never taken) is not an error and changes nothing.
+	Release(ctx context.Context, id, backend string) error
+
+	// Renew extends a lease that is still in use (long streams) so that it is not
+	// reclaimed as abandoned.
+	Renew(ctx context.Context, id, backend string) error
+
+	// Inflight returns this replica's current view of a backend's fleet-wide
+	// in-flight count without blocking on I/O. Stores that share state refresh
+	// the view from every Acquire reply.
+	Inflight(backend string) int
+
+	// Snapshot returns the authoritative in-flight count of every backend that
+	// has any.
+	Snapshot(ctx context.Context) (map[string]int, error)
+
+	// Watch calls fn with a backend's name whenever a slot on it is released, by
+	// this replica or (for shared stores) another. fn must not block. The
+	// returned function stops the calls.
+	Watch(fn func(backend string)) (stop func())
+
+	// LeaseTTL is how long a lease lives without renewal; 0 means leases never
+	// expire (the in-memory store, whose leases die with the process).
+	LeaseTTL() time.Duration
+}
+
+// ErrUnavailable wraps errors of a store that cannot reach its backing service.
+var ErrUnavailable = errors.New("load store unavailable")
