@@ -1,0 +1,323 @@
+package caddymodule
+
+import (
+	"math"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("model_router", parseCaddyfile)
+	// Before reverse_proxy, so users need no `order` line; model_router answers
+	// every /v1/ request itself and hands anything else on.
+	httpcaddyfile.RegisterDirectiveOrder("model_router", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	model_router {
+//	    strategy balanced          # greedy | balanced | least_load | p2c | round_robin | latency
+//	    max_wait 2s                # how long a request may wait for a free slot
+//	    max_queue 256              # waiting requests beyond this get full_status at once
+//	    max_body 4MiB              # larger request bodies get 413
+//	    full_status 503            # or 429, for "every slot busy after max_wait"
+//	    retries 1                  # retries on another backend before any byte reached the client; -1 for none
+//	    dial_timeout 3s
+//	    response_header_timeout 120s
+//	    stream_idle_timeout 60s    # longest silence from a backend while it answers
+//	    max_fails 3                # failures in a row that put a backend in cooldown
+//	    fail_cooldown 10s
+//	    pool default               # routers with the same pool share load state
+//	    backend <name> <url> {
+//	        models <public>[=<upstream>] ...   # the first is used for model "auto"
+//	        capabilities <name>=<0..1> ...
+//	        max_inflight <n>       # required, at least 1
+//	        context <tokens>       # max prompt+completion tokens; 0 = no limit
+//	        cost <relative price>
+//	        weight <multiplier>
+//	        api_key <key>          # e.g. {env.FAST_KEY}; sent upstream as a bearer token
+//	    }
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		key := d.Val()
+		if key != "backend" {
+			if seen[key] {
+				return d.Errf("%s is set twice", key)
+			}
+			seen[key] = true
+		}
+		switch key {
+		case "strategy":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.Strategy = v
+		case "max_wait":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.MaxWait = v
+		case "max_queue":
+			v, err := intArg(d, 0)
+			if err != nil {
+				return err
+			}
+			h.MaxQueue = v
+		case "max_body":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			size, err := humanize.ParseBytes(v)
+			if err != nil || size == 0 || size > math.MaxInt64 {
+				return d.Errf("max_body: %q is not a size such as 4MiB", v)
+			}
+			h.MaxBody = int64(size)
+		case "full_status":
+			v, err := intArg(d, 0)
+			if err != nil {
+				return err
+			}
+			if v != 503 && v != 429 {
+				return d.Errf("full_status must be 503 or 429, not %d", v)
+			}
+			h.FullStatus = v
+		case "retries":
+			v, err := intArg(d, -1)
+			if err != nil {
+				return err
+			}
+			h.Retries = v
+		case "dial_timeout":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.DialTimeout = v
+		case "response_header_timeout":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.ResponseHeaderTimeout = v
+		case "stream_idle_timeout":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.StreamIdleTimeout = v
+		case "max_fails":
+			v, err := intArg(d, 1)
+			if err != nil {
+				return err
+			}
+			h.MaxFails = v
+		case "fail_cooldown":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.FailCooldown = v
+		case "pool":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if !nameRE.MatchString(v) {
+				return d.Errf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", v)
+			}
+			h.Pool = v
+		case "backend":
+			b, err := parseBackend(d)
+			if err != nil {
+				return err
+			}
+			for _, other := range h.Backends {
+				if other.Name == b.Name {
+					return d.Errf("backend %s is defined twice", b.Name)
+				}
+			}
+			h.Backends = append(h.Backends, b)
+		default:
+			return d.Errf("unknown model_router option %q", key)
+		}
+	}
+	if len(h.Backends) == 0 {
+		return d.Err("model_router needs at least one backend")
+	}
+	return nil
+}
+
+func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
+	var b BackendConfig
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return b, d.Errf("backend needs a name and a URL: backend <name> <url> { ... }")
+	}
+	b.Name, b.URL = args[0], args[1]
+	if !nameRE.MatchString(b.Name) {
+		return b, d.Errf("backend name %q: use letters, digits, '.', '_' or '-' (at most 64)", b.Name)
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		if seen[key] {
+			return b, d.Errf("backend %s: %s is set twice", b.Name, key)
+		}
+		seen[key] = true
+		switch key {
+		case "models":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return b, d.ArgErr()
+			}
+			for _, n := range names {
+				public, upstream, _ := strings.Cut(n, "=")
+				if public == "" || (strings.Contains(n, "=") && upstream == "") {
+					return b, d.Errf("backend %s: model %q must be <public> or <public>=<upstream>", b.Name, n)
+				}
+				for _, m := range b.Models {
+					if m.Public == public {
+						return b, d.Errf("backend %s: model %s is listed twice", b.Name, public)
+					}
+				}
+				b.Models = append(b.Models, ModelName{Public: public, Upstream: upstream})
+			}
+		case "capabilities":
+			pairs := d.RemainingArgs()
+			if len(pairs) == 0 {
+				return b, d.ArgErr()
+			}
+			b.Capabilities = make(map[string]float64, len(pairs))
+			for _, p := range pairs {
+				name, val, ok := strings.Cut(p, "=")
+				if !ok || !nameRE.MatchString(name) {
+					return b, d.Errf("backend %s: capability %q must be <name>=<score>", b.Name, p)
+				}
+				f, err := strconv.ParseFloat(val, 64)
+				if err != nil || f < 0 || f > 1 || math.IsNaN(f) {
+					return b, d.Errf("backend %s: capability %s score %q must be a number in [0,1]", b.Name, name, val)
+				}
+				if _, dup := b.Capabilities[name]; dup {
+					return b, d.Errf("backend %s: capability %s is listed twice", b.Name, name)
+				}
+				b.Capabilities[name] = f
+			}
+		case "max_inflight":
+			v, err := intArg(d, 1)
+			if err != nil {
+				return b, err
+			}
+			b.MaxInflight = v
+		case "context":
+			v, err := intArg(d, 0)
+			if err != nil {
+				return b, err
+			}
+			b.Context = v
+		case "cost":
+			v, err := floatArg(d)
+			if err != nil {
+				return b, err
+			}
+			b.Cost = v
+		case "weight":
+			v, err := floatArg(d)
+			if err != nil {
+				return b, err
+			}
+			b.Weight = v
+		case "api_key":
+			v, err := oneArg(d)
+			if err != nil {
+				return b, err
+			}
+			b.APIKey = v
+		default:
+			return b, d.Errf("backend %s: unknown option %q", b.Name, key)
+		}
+	}
+	if b.MaxInflight == 0 {
+		return b, d.Errf("backend %s: max_inflight is required", b.Name)
+	}
+	if len(b.Models) == 0 {
+		return b, d.Errf("backend %s: models is required", b.Name)
+	}
+	if err := b.validate(); err != nil {
+		return b, d.Err(err.Error())
+	}
+	return b, nil
+}
+
+func oneArg(d *caddyfile.Dispenser) (string, error) {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.ArgErr()
+	}
+	return args[0], nil
+}
+
+func intArg(d *caddyfile.Dispenser, least int) (int, error) {
+	key := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, d.Errf("%s: %q is not a whole number", key, v)
+	}
+	if n < least {
+		return 0, d.Errf("%s must be at least %d, not %d", key, least, n)
+	}
+	return n, nil
+}
+
+func floatArg(d *caddyfile.Dispenser) (float64, error) {
+	key := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, d.Errf("%s: %q must be a non-negative number", key, v)
+	}
+	return f, nil
+}
+
+func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	key := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s: %q must be a positive duration such as 2s", key, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// Interface guards
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

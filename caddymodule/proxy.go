@@ -1,0 +1,175 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+)
+
+// backendProxy is Caddy's own reverse proxy provisioned for one backend. One
+// proxy per backend lets http and https backends mix and keeps the upstream
+// fixed: which backend a request goes to is decided (and its slot taken) before
+// the proxy runs, so the proxy does no load balancing or retrying of its own.
+type backendProxy struct {
+	rp        *reverseproxy.Handler
+	transport *reverseproxy.HTTPTransport
+}
+
+func newBackendProxy(ctx caddy.Context, h *Handler, bc BackendConfig, apiKey string) (*backendProxy, error) {
+	u, err := url.Parse(bc.URL)
+	if err != nil {
+		return nil, err
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
+		}
+	}
+	t := &reverseproxy.HTTPTransport{
+		DialTimeout:           h.DialTimeout,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+		// A per-read deadline on the upstream connection: a backend that goes
+		// silent mid-stream for this long is cut off, and its slot released.
+		ReadTimeout: h.StreamIdleTimeout,
+	}
+	if u.Scheme == "https" {
+		t.TLS = &reverseproxy.TLSConfig{ServerName: u.Hostname()}
+	}
+	if err := t.Provision(ctx); err != nil {
+		return nil, fmt.Errorf("provisioning transport: %w", err)
+	}
+
+	reqOps := &headers.HeaderOps{
+		// The upstream sees its own host name (required by TLS virtual hosts and
+		// most hosted APIs), and never the client's credentials for the gateway.
+		Set:    http.Header{"Host": []string{u.Host}},
+		Delete: []string{"Authorization", capabilityHeader},
+	}
+	if apiKey != "" {
+		reqOps.Delete = []string{capabilityHeader}
+		reqOps.Set.Set("Authorization", "Bearer "+apiKey)
+	}
+	rp := &reverseproxy.Handler{
+		Transport: t,
+		Upstreams: reverseproxy.UpstreamPool{{Dial: net.JoinHostPort(u.Hostname(), port)}},
+		Headers:   &headers.Handler{Request: reqOps},
+		// The response header is ours, added on the way out; drop an upstream's
+		// own copy so clients cannot be misled about who answered.
+	}
+	if prefix := strings.TrimRight(u.Path, "/"); prefix != "" {
+		rp.Rewrite = &rewrite.Rewrite{URI: prefix + "{http.request.uri}"}
+	}
+	if err := rp.Provision(ctx); err != nil {
+		_ = t.Cleanup()
+		return nil, fmt.Errorf("provisioning reverse proxy: %w", err)
+	}
+	return &backendProxy{rp: rp, transport: t}, nil
+}
+
+func (p *backendProxy) cleanup() {
+	_ = p.rp.Cleanup()
+	_ = p.transport.Cleanup()
+}
+
+// noNext ends the handler chain after the inner proxy; it is never reached
+// for a proxied request but the proxy's signature wants one.
+var noNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+
+// attemptWriter sits between one proxy attempt and the client. It keeps the
+// attempt's headers to itself until the status is known, so that a 5xx that
+// will be retried on another backend never reaches the client, and it notes
+// when the first body byte went out (time to first token for streams).
+type attemptWriter struct {
+	http.ResponseWriter
+	header  http.Header
+	backend string
+	start   time.Time
+
+	swallow5xx  bool // a retry is possible: hide a 5xx from the client
+	status      int
+	wroteHeader bool
+	discarded   bool
+	firstByte   time.Duration
+	written     int64
+}
+
+func (a *attemptWriter) reset(w http.ResponseWriter, backend string, start time.Time, swallow bool) {
+	*a = attemptWriter{ResponseWriter: w, header: make(http.Header), backend: backend, start: start, swallow5xx: swallow, firstByte: -1}
+}
+
+func (a *attemptWriter) Header() http.Header { return a.header }
+
+func (a *attemptWriter) WriteHeader(code int) {
+	if a.wroteHeader {
+		return
+	}
+	if code >= 100 && code < 200 && code != http.StatusSwitchingProtocols {
+		copyHeader(a.ResponseWriter.Header(), a.header)
+		a.ResponseWriter.WriteHeader(code)
+		return
+	}
+	a.wroteHeader = true
+	a.status = code
+	if code >= 500 && a.swallow5xx {
+		a.discarded = true
+		return
+	}
+	dst := a.ResponseWriter.Header()
+	copyHeader(dst, a.header)
+	dst.Set(backendHeader, a.backend)
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *attemptWriter) Write(p []byte) (int, error) {
+	if !a.wroteHeader {
+		a.WriteHeader(http.StatusOK)
+	}
+	if a.discarded {
+		return len(p), nil
+	}
+	if a.firstByte < 0 && len(p) > 0 {
+		a.firstByte = time.Since(a.start)
+	}
+	n, err := a.ResponseWriter.Write(p)
+	a.written += int64(n)
+	return n, err
+}
+
+// FlushError lets http.ResponseController flush through us; a discarded
+// attempt must not flush, or the client would get the headers we held back.
+func (a *attemptWriter) FlushError() error {
+	if a.discarded {
+		return nil
+	}
+	if !a.wroteHeader {
+		a.WriteHeader(http.StatusOK)
+	}
+	return http.NewResponseController(a.ResponseWriter).Flush()
+}
+
+// Unwrap exposes the client's writer to http.ResponseController (deadlines,
+// hijacking).
+func (a *attemptWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
+// committed reports whether anything of this attempt reached the client.
+func (a *attemptWriter) committed() bool { return a.wroteHeader && !a.discarded }
+
+func copyHeader(dst, src http.Header) {
+	for k, vv := range src {
+		if strings.EqualFold(k, backendHeader) {
+			continue
+		}
+		dst[k] = append(dst[k][:0:0], vv...)
+	}
+}

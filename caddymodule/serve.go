@@ -1,0 +1,516 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/modelrouter/modelrouter/engine"
+	"github.com/modelrouter/modelrouter/loadstate"
+)
+
+const (
+	backendHeader    = "X-Model-Router-Backend"
+	capabilityHeader = "X-Model-Router-Capability"
+)
+
+// now is the clock, replaceable in tests.
+var now = time.Now
+
+// releaseTimeout bounds giving a slot back; it runs detached from the request's
+// context so a client that went away still gets its slot released.
+const releaseTimeout = 2 * time.Second
+
+// waitPoll is how often a waiting request re-checks for room without a wake-up:
+// the safety net for wake-ups lost between a failed acquire and joining the queue,
+// and for slots freed by other replicas when their notices are late.
+const waitPoll = 100 * time.Millisecond
+
+var kinds = map[string]engine.Kind{
+	"/v1/chat/completions": engine.KindChat,
+	"/v1/completions":      engine.KindCompletion,
+	"/v1/embeddings":       engine.KindEmbedding,
+	"/v1/responses":        engine.KindResponse,
+}
+
+// ServeHTTP routes OpenAI API requests; other paths go to the next handler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	path := r.URL.Path
+	if kind, ok := kinds[path]; ok {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use POST for "+path).write(w)
+			return nil
+		}
+		return h.route(w, r, kind)
+	}
+	if path == "/v1/models" || strings.HasPrefix(path, "/v1/models/") {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use GET for "+path).write(w)
+			return nil
+		}
+		h.serveModels(w, strings.TrimPrefix(strings.TrimPrefix(path, "/v1/models"), "/"))
+		return nil
+	}
+	if path == "/v1" || strings.HasPrefix(path, "/v1/") {
+		invalidRequest(http.StatusNotFound, "unknown_url", "", "the model router does not serve "+r.Method+" "+path).write(w)
+		return nil
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// scratch holds per-request buffers, reused across requests.
+type scratch struct {
+	loads []engine.Load
+	cands []engine.Candidate
+	slots []loadstate.Slot
+	idx   []int
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// routing is the state of one routed request.
+type routing struct {
+	h      *Handler
+	req    engine.Request
+	c      classified
+	body   []byte
+	id     string
+	start  time.Time
+	sc     *scratch
+	pool   engine.Pool
+	tried  loadstate.BackendSet
+	wait   time.Duration
+	lease  lease
+	logger *zap.Logger
+}
+
+// lease is a held slot; release is idempotent.
+type lease struct {
+	h       *Handler
+	id      string
+	backend int // -1 when none is held
+	renew   *time.Timer
+}
+
+func (l *lease) release() {
+	if l.backend < 0 {
+		return
+	}
+	if l.renew != nil {
+		l.renew.Stop()
+	}
+	name := l.h.backends[l.backend].Name
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	err := l.h.store.Release(ctx, l.id, name)
+	cancel()
+	if err != nil {
+		if c := l.h.logger.Check(zapcore.WarnLevel, "releasing slot"); c != nil {
+			c.Write(zap.String("backend", name), zap.Error(err))
+		}
+	}
+	l.h.metrics.inflight.WithLabelValues(name).Set(float64(l.h.store.Inflight(name)))
+	l.backend = -1
+}
+
+// keepAlive renews the lease at a third of its lifetime for as long as the
+// request runs, so a long stream is not mistaken for an abandoned slot.
+func (l *lease) keepAlive() {
+	ttl := l.h.store.LeaseTTL()
+	if ttl <= 0 || l.backend < 0 {
+		return
+	}
+	backend, id, store := l.h.backends[l.backend].Name, l.id, l.h.store
+	var renew func()
+	renew = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		_ = store.Renew(ctx, id, backend)
+		cancel()
+		l.renew.Reset(ttl / 3)
+	}
+	l.renew = time.AfterFunc(ttl/3, renew)
+}
+
+func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind) error {
+	start := now()
+	body, apiErr := h.readBody(r)
+	if apiErr != nil {
+		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
+		apiErr.write(w)
+		return nil
+	}
+	c, apiErr := classify(body, kind)
+	if apiErr == nil {
+		apiErr = h.checkModel(r, &c.req)
+	}
+	if apiErr != nil {
+		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
+		apiErr.write(w)
+		return nil
+	}
+
+	sc := scratchPool.Get().(*scratch)
+	defer scratchPool.Put(sc)
+	rt := &routing{h: h, req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next(), logger: h.logger}
+	rt.lease = lease{h: h, id: rt.id, backend: -1}
+	defer rt.lease.release()
+
+	backend, apiErr := rt.acquire(r.Context())
+	if apiErr != nil {
+		if apiErr.Status == 499 {
+			w.WriteHeader(499) // the client left while waiting; nobody reads a body
+			return nil
+		}
+		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
+		apiErr.write(w)
+		return nil
+	}
+	return rt.proxy(w, r, backend)
+}
+
+// readBody reads the whole body, at most MaxBody bytes, once: it is needed to
+// classify the request and is replayed on a retry.
+func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
+	if r.ContentLength > h.MaxBody {
+		return nil, invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "", "the request body is larger than the gateway accepts")
+	}
+	var buf bytes.Buffer
+	if r.ContentLength > 0 {
+		buf.Grow(int(r.ContentLength))
+	}
+	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBody+1))
+	if err != nil {
+		return nil, invalidRequest(http.StatusBadRequest, "invalid_body", "", "reading the request body failed")
+	}
+	if n > h.MaxBody {
+		return nil, invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "", "the request body is larger than the gateway accepts")
+	}
+	return buf.Bytes(), nil
+}
+
+// checkModel applies what the client asked for beyond the body: the model must
+// be configured, and a capability (header) must be one some backend declares.
+func (h *Handler) checkModel(r *http.Request, req *engine.Request) *apiError {
+	if capName := r.Header.Get(capabilityHeader); capName != "" {
+		capName = strings.ToLower(strings.TrimSpace(capName))
+		if !nameRE.MatchString(capName) || !h.caps[capName] {
+			return invalidRequest(http.StatusBadRequest, "unknown_capability", capabilityHeader, "no backend declares that capability")
+		}
+		req.Capability = capName
+	}
+	if req.Model == engine.AutoModel {
+		if req.Capability == "" && !h.caps[engine.DefaultCapability] {
+			return invalidRequest(http.StatusBadRequest, "unknown_capability", capabilityHeader, "model auto needs the "+capabilityHeader+" header: no backend declares the default capability chat")
+		}
+		return nil
+	}
+	if _, ok := h.modelSet[req.Model]; !ok {
+		return invalidRequest(http.StatusNotFound, "model_not_found", "model", "the model does not exist or is not served by this gateway")
+	}
+	return nil
+}
+
+// loadPool fills the pool with the backends' live state.
+func (rt *routing) loadPool() {
+	h := rt.h
+	n := len(h.backends)
+	if cap(rt.sc.loads) < n {
+		rt.sc.loads = make([]engine.Load, n)
+	}
+	loads := rt.sc.loads[:n]
+	t := now()
+	lat := h.latency.get(h, t)
+	for i := range h.backends {
+		name := h.backends[i].Name
+		loads[i] = engine.Load{
+			Inflight:    h.store.Inflight(name),
+			LatencyP95:  lat[i].e2e,
+			TTFTP95:     lat[i].ttft,
+			CoolingDown: h.health.CoolingDown(name, t),
+			Draining:    false,
+		}
+		if rt.tried != nil && rt.tried.Has(i) {
+			// A backend that already failed this request is out for its retry.
+			loads[i].CoolingDown = true
+		}
+	}
+	rt.pool = engine.Pool{Backends: h.backends, Loads: loads}
+}
+
+// acquire takes a slot on the best candidate with room, waiting in the queue
+// (bounded by MaxQueue and MaxWait) when every candidate is full.
+func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
+	h := rt.h
+	rt.loadPool()
+	ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+	rt.sc.cands = ranked
+	if eligible == 0 {
+		return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+	}
+	// Newcomers leave alone the backends someone is already waiting for.
+	skipClaimed := h.queue.Len() > 0
+	if i, apiErr := rt.tryAcquire(ctx, ranked, skipClaimed); i >= 0 || apiErr != nil {
+		return i, apiErr
+	}
+
+	wants := loadstate.NewBackendSet(len(h.backends))
+	for i := range h.backends {
+		if h.strategy.Eligible(&rt.req, &rt.pool, i) {
+			wants.Add(i)
+		}
+	}
+	ticket, err := h.queue.Enter(wants)
+	if err != nil {
+		return -1, rt.full("every backend that can serve this request is busy and the wait queue is full")
+	}
+	waitStart := now()
+	h.metrics.queueDepth.Inc()
+	defer func() {
+		h.queue.Leave(ticket)
+		h.metrics.queueDepth.Dec()
+		rt.wait = now().Sub(waitStart)
+		h.metrics.queueWait.Observe(rt.wait.Seconds())
+	}()
+	timer := time.NewTimer(time.Duration(h.MaxWait))
+	defer timer.Stop()
+	poll := time.NewTicker(waitPoll)
+	defer poll.Stop()
+	for {
+		rt.loadPool()
+		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+		rt.sc.cands = ranked
+		if eligible == 0 {
+			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+		}
+		i, apiErr := rt.tryAcquire(ctx, ranked, false)
+		h.queue.Consumed(ticket)
+		if i >= 0 || apiErr != nil {
+			return i, apiErr
+		}
+		select {
+		case <-ticket.C():
+		case <-poll.C:
+		case <-timer.C:
+			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
+		case <-ctx.Done():
+			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+		}
+	}
+}
+
+func (rt *routing) full(msg string) *apiError {
+	e := serverError(rt.h.FullStatus, "capacity_exhausted", msg)
+	if rt.h.FullStatus == http.StatusTooManyRequests {
+		e.Type = "rate_limit_error" // what OpenAI's clients expect with a 429
+	}
+	e.RetryAfter = time.Second
+	return e
+}
+
+// tryAcquire asks the store for a slot on the first ranked candidate with
+// room, in one call. It returns the backend index, or -1 when none had room.
+func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skipClaimed bool) (int, *apiError) {
+	h := rt.h
+	slots, idx := rt.sc.slots[:0], rt.sc.idx[:0]
+	for _, c := range ranked {
+		if skipClaimed && h.queue.Claimed(c.Index) {
+			continue
+		}
+		b := &h.backends[c.Index]
+		slots = append(slots, loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight})
+		idx = append(idx, c.Index)
+	}
+	rt.sc.slots, rt.sc.idx = slots, idx
+	if len(slots) == 0 {
+		return -1, nil
+	}
+	i, err := h.store.Acquire(ctx, rt.id, slots)
+	if err != nil {
+		if ctx.Err() != nil {
+			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+		}
+		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		// The acquire may have run on the server before the error: release the
+		// id on every candidate so no slot is left behind.
+		for _, s := range slots {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+			_ = h.store.Release(rctx, rt.id, s.Backend)
+			cancel()
+		}
+		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
+	}
+	if i < 0 {
+		return -1, nil
+	}
+	b := idx[i]
+	rt.lease.backend = b
+	rt.lease.keepAlive()
+	name := h.backends[b].Name
+	h.metrics.inflight.WithLabelValues(name).Set(float64(h.store.Inflight(name)))
+	return b, nil
+}
+
+// proxy sends the request to the backend holding our slot, retrying once on
+// the next candidate when the backend failed before any byte reached the
+// client.
+func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) error {
+	h := rt.h
+	aw := new(attemptWriter)
+	attempts := 0
+	var status int
+	defer func() {
+		// Runs on panics too (the proxy aborts broken streams with
+		// http.ErrAbortHandler, which must propagate).
+		rt.logFields(r, backend, attempts, aw)
+		h.metrics.requests.WithLabelValues(h.backends[backend].Name, rt.req.Kind.String(), statusClass(status)).Inc()
+		h.metrics.duration.WithLabelValues(h.backends[backend].Name).Observe(now().Sub(rt.start).Seconds())
+	}()
+	for {
+		attempts++
+		name := h.backends[backend].Name
+		canRetry := attempts <= h.Retries && rt.alternativeExists(backend)
+		attemptStart := now()
+		aw.reset(w, name, attemptStart, canRetry)
+		rt.setBody(r, backend)
+		status = 0
+		err := h.proxies[backend].rp.ServeHTTP(aw, r, noNext)
+		status = aw.status
+		if err != nil && !aw.wroteHeader {
+			status = errorStatus(err)
+		}
+		failed := status >= 500 || (err != nil && !aw.committed())
+		if status == 499 || errors.Is(r.Context().Err(), context.Canceled) {
+			return nil // the client left; not the backend's fault
+		}
+		if failed {
+			h.health.Fail(name, now())
+		} else {
+			h.health.Succeed(name)
+			rt.record(backend, attemptStart, aw)
+		}
+		if failed && !aw.committed() && canRetry {
+			if rt.tried == nil {
+				rt.tried = loadstate.NewBackendSet(len(h.backends))
+			}
+			rt.tried.Add(backend)
+			rt.lease.release()
+			h.metrics.retries.WithLabelValues(name).Inc()
+			rt.loadPool()
+			ranked, _ := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+			rt.sc.cands = ranked
+			next, apiErr := rt.tryAcquire(r.Context(), ranked, false)
+			if next >= 0 {
+				backend = next
+				continue
+			}
+			if apiErr == nil {
+				apiErr = serverError(http.StatusBadGateway, "upstream_error", "backend "+name+" failed and no other backend had room to retry")
+			}
+			status = apiErr.Status
+			apiErr.write(w)
+			return nil
+		}
+		if err != nil && !aw.wroteHeader {
+			e := serverError(status, "upstream_error", "backend "+name+" failed")
+			if status == http.StatusGatewayTimeout {
+				e.Code = "upstream_timeout"
+				e.Message = "backend " + name + " did not answer in time"
+			}
+			e.write(w)
+			return nil
+		}
+		if err != nil {
+			if c := h.logger.Check(zapcore.DebugLevel, "proxying after the response started"); c != nil {
+				c.Write(zap.String("backend", name), zap.Error(err))
+			}
+		}
+		return nil
+	}
+}
+
+// alternativeExists reports whether another backend could take a retry.
+func (rt *routing) alternativeExists(current int) bool {
+	for i := range rt.h.backends {
+		if i != current && !rt.tried.Has(i) && rt.h.strategy.Eligible(&rt.req, &rt.pool, i) &&
+			rt.pool.Loads[i].Inflight < rt.h.backends[i].MaxInflight {
+			return true
+		}
+	}
+	return false
+}
+
+// setBody gives the request a fresh copy of the buffered body for this
+// attempt, with the model renamed to what this backend expects.
+func (rt *routing) setBody(r *http.Request, backend int) {
+	body := rt.body
+	if up := rt.h.backends[backend].UpstreamModel(rt.req.Model); up != "" && up != rt.req.Model && rt.c.modelStart >= 0 {
+		body = rewriteModel(rt.body, &rt.c, up)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	r.ContentLength = int64(len(body))
+	r.Header.Del("Transfer-Encoding")
+	r.TransferEncoding = nil
+}
+
+// record feeds a successful attempt's latency into the sketches and metrics.
+func (rt *routing) record(backend int, attemptStart time.Time, aw *attemptWriter) {
+	h := rt.h
+	name := h.backends[backend].Name
+	h.sketches.Record(name, loadstate.EndToEnd, now().Sub(attemptStart))
+	if rt.req.Stream && aw.firstByte >= 0 {
+		h.sketches.Record(name, loadstate.TTFT, aw.firstByte)
+		h.metrics.ttft.WithLabelValues(name).Observe(aw.firstByte.Seconds())
+	}
+}
+
+// logFields adds routing facts to Caddy's access log entry.
+func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attemptWriter) {
+	extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields)
+	if !ok {
+		return
+	}
+	extra.Set(zap.String("model_router_backend", rt.h.backends[backend].Name))
+	extra.Set(zap.Int("model_router_attempts", attempts))
+	extra.Set(zap.Duration("model_router_queue_wait", rt.wait))
+	if aw.firstByte >= 0 {
+		extra.Set(zap.Duration("model_router_ttft", aw.firstByte))
+	}
+}
+
+func errorStatus(err error) int {
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		return he.StatusCode
+	}
+	return http.StatusBadGateway
+}
+
+func statusClass(status int) string {
+	switch {
+	case status == 0:
+		return "aborted"
+	case status == 499:
+		return "499"
+	case status < 300:
+		return "2xx"
+	case status < 400:
+		return "3xx"
+	case status < 500:
+		return "4xx"
+	default:
+		return "5xx"
+	}
+}

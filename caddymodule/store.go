@@ -1,0 +1,46 @@
+package caddymodule
+
+import (
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/modelrouter/modelrouter/loadstate"
+)
+
+// stores holds the load stores and latency sketches by pool. They live at
+// package level so that in-flight counts survive a config reload: the old
+// handler's requests release into the same store the new handler acquires from.
+var stores = caddy.NewUsagePool()
+
+type pooledStore struct {
+	store    loadstate.Store
+	sketches *loadstate.Sketches
+	close    func() error
+}
+
+func (p *pooledStore) Destruct() error {
+	if p.close != nil {
+		return p.close()
+	}
+	return nil
+}
+
+func (h *Handler) provisionStore(_ caddy.Context) error {
+	h.storeKey = "memory:" + h.Pool
+	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
+		return &pooledStore{store: loadstate.NewMemoryStore(), sketches: loadstate.NewSketches(0, 0, nil)}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("setting up load store for pool %s: %w", h.Pool, err)
+	}
+	ps := v.(*pooledStore)
+	h.store, h.sketches = ps.store, ps.sketches
+	return nil
+}
+
+func (h *Handler) releaseStore() {
+	if h.storeKey != "" {
+		_, _ = stores.Delete(h.storeKey)
+	}
+}
