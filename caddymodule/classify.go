@@ -139,26 +139,42 @@ func classify(body []byte, kind engine.Kind) (classified, *apiError) {
 // token for English text with BPE tokenizers, rounded up.
 func estimateTokens(bytes int) int { return (bytes + 3) / 4 }
 
-// countText walks one JSON value and returns the bytes of text in its strings.
+// countText walks one JSON value and returns the bytes of text in its string
+// values (object keys are structure, not prompt).
 func countText(dec *json.Decoder) (int, error) {
 	total, depth := 0, 0
+	// inObject[d] says the container at depth d is an object; keyNext[d] that
+	// its next token is a key.
+	var inObject, keyNext [maxJSONDepth + 1]bool
 	for {
 		tok, err := dec.Token()
 		if err != nil {
 			return 0, err
 		}
+		isKey := depth > 0 && inObject[depth] && keyNext[depth]
+		if depth > 0 && inObject[depth] {
+			keyNext[depth] = !keyNext[depth]
+		}
 		switch t := tok.(type) {
 		case json.Delim:
-			if t == '{' || t == '[' {
+			switch t {
+			case '{', '[':
 				depth++
 				if depth > maxJSONDepth {
 					return 0, errTooDeep
 				}
-			} else {
+				inObject[depth], keyNext[depth] = t == '{', true
+			default:
 				depth--
+				if depth > 0 && inObject[depth] {
+					// the container we just closed was a value: a key comes next
+					keyNext[depth] = true
+				}
 			}
 		case string:
-			total += len(t)
+			if !isKey {
+				total += len(t)
+			}
 		}
 		if depth == 0 {
 			return total, nil

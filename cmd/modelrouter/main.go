@@ -8,8 +8,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/modelrouter/modelrouter/caddymodule"
-	_ "github.com/modelrouter/modelrouter/caddymodule/sim"
+	_ "github.com/modelrouter/modelrouter"
 )
 
 func main() {

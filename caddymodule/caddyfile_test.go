@@ -1,0 +1,143 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+)
+
+// TestAdaptFixtures adapts each testdata/adapt/*.caddyfile and compares the
+// JSON with the .json beside it (regenerate with `caddy adapt --pretty`).
+func TestAdaptFixtures(t *testing.T) {
+	files, err := filepath.Glob("testdata/adapt/*.caddyfile")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixtures: %v", err)
+	}
+	for _, file := range files {
+		t.Run(filepath.Base(file), func(t *testing.T) {
+			input, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(strings.TrimSuffix(file, ".caddyfile") + ".json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(input, map[string]any{"filename": file})
+			if err != nil {
+				t.Fatalf("adapting: %v", err)
+			}
+			for _, w := range warnings {
+				t.Errorf("warning: %s", w.String())
+			}
+			var g, w bytes.Buffer
+			if err := json.Indent(&g, got, "", "\t"); err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Compact(&w, want); err != nil {
+				t.Fatal(err)
+			}
+			var wi bytes.Buffer
+			_ = json.Indent(&wi, w.Bytes(), "", "\t")
+			if g.String() != wi.String() {
+				t.Errorf("adapted JSON differs\n--- got\n%s\n--- want\n%s", g.String(), wi.String())
+			}
+		})
+	}
+}
+
+// TestUnmarshalCaddyfileErrors is the table of bad inputs: each must fail, and
+// the error must name the line at fault.
+func TestUnmarshalCaddyfileErrors(t *testing.T) {
+	const backend = "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}"
+	tests := []struct {
+		name, body, wantErr string
+		line                int
+	}{
+		{"unknown option", "bogus 1\n" + backend, `unknown model_router option "bogus"`, 2},
+		{"bad number", "max_queue lots\n" + backend, "not a whole number", 2},
+		{"negative queue", "max_queue -1\n" + backend, "at least 0", 2},
+		{"bad duration", "max_wait soon\n" + backend, "positive duration", 2},
+		{"zero duration", "max_wait 0s\n" + backend, "positive duration", 2},
+		{"bad size", "max_body huge\n" + backend, "not a size", 2},
+		{"bad full status", "full_status 500\n" + backend, "503 or 429", 2},
+		{"option twice", "strategy greedy\nstrategy balanced\n" + backend, "set twice", 3},
+		{"option without value", "strategy\n" + backend, "wrong argument count", 2},
+		{"bad pool", "pool {a}\n" + backend, "pool", 2},
+		{"no backends", "strategy greedy", "at least one backend", 0},
+		{"backend without url", "backend a {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "needs a name and a URL", 2},
+		{"bad backend name", "backend a/b http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "backend name", 2},
+		{"duplicate backend", backend + "\n" + backend, "defined twice", 0},
+		{"max_inflight 0", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 0\n\t}", "at least 1", 4},
+		{"max_inflight missing", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t}", "max_inflight is required", 0},
+		{"models missing", "backend a http://127.0.0.1:1 {\n\t\tmax_inflight 1\n\t}", "models is required", 0},
+		{"score above 1", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat=1.5\n\t\tmax_inflight 1\n\t}", "in [0,1]", 4},
+		{"negative score", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat=-0.1\n\t\tmax_inflight 1\n\t}", "in [0,1]", 4},
+		{"score not a number", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat=high\n\t\tmax_inflight 1\n\t}", "in [0,1]", 4},
+		{"capability without score", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat\n\t\tmax_inflight 1\n\t}", "<name>=<score>", 4},
+		{"duplicate capability", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat=1 chat=0.5\n\t\tmax_inflight 1\n\t}", "listed twice", 4},
+		{"duplicate model", "backend a http://127.0.0.1:1 {\n\t\tmodels m m=n\n\t\tmax_inflight 1\n\t}", "listed twice", 3},
+		{"empty upstream name", "backend a http://127.0.0.1:1 {\n\t\tmodels m=\n\t\tmax_inflight 1\n\t}", "<public>=<upstream>", 3},
+		{"auto as a model", "backend a http://127.0.0.1:1 {\n\t\tmodels auto\n\t\tmax_inflight 1\n\t}", "not allowed", 0},
+		{"unknown backend option", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcolour blue\n\t}", `unknown option "colour"`, 5},
+		{"bad url scheme", "backend a ftp://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "http:// or https://", 0},
+		{"url with query", "backend a http://127.0.0.1:1/?x=1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "query", 0},
+		{"negative cost", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcost -1\n\t}", "non-negative", 5},
+		{"bad context", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcontext big\n\t}", "whole number", 5},
+		{"argument after directive", "", "wrong argument count", 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			input := "model_router {\n\t" + tt.body + "\n}"
+			if tt.name == "argument after directive" {
+				input = "model_router extra {\n}"
+			}
+			d := caddyfile.NewTestDispenser(input)
+			err := new(Handler).UnmarshalCaddyfile(d)
+			if err == nil {
+				t.Fatalf("accepted:\n%s", input)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not say %q", err, tt.wantErr)
+			}
+			if tt.line > 0 && !strings.Contains(err.Error(), "Testfile:"+strconv.Itoa(tt.line)) {
+				t.Fatalf("error %q does not name line %d", err, tt.line)
+			}
+			if tt.line == 0 && !strings.Contains(err.Error(), "Testfile:") {
+				t.Fatalf("error %q names no line", err)
+			}
+		})
+	}
+}
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	d := caddyfile.NewTestDispenser(`model_router {
+		strategy p2c
+		max_body 2KB
+		backend a http://127.0.0.1:1 {
+			models x=y z
+			capabilities chat=0.5 coding=1
+			max_inflight 3
+		}
+	}`)
+	var h Handler
+	if err := h.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if h.Strategy != "p2c" || h.MaxBody != 2000 || len(h.Backends) != 1 {
+		t.Fatalf("parsed %+v", h)
+	}
+	b := h.Backends[0]
+	if b.MaxInflight != 3 || len(b.Models) != 2 || b.Models[0] != (ModelName{"x", "y"}) || b.Models[1] != (ModelName{"z", ""}) ||
+		b.Capabilities["chat"] != 0.5 || b.Capabilities["coding"] != 1 {
+		t.Fatalf("parsed backend %+v", b)
+	}
+}

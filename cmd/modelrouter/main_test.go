@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// freePort returns a loopback port nobody listens on right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+}
+
+// TestExampleRuns builds the binary, runs Caddyfile.example on free ports (the
+// file's own ports 8080, 2019 and 9001-9003 are only renamed) and sends the
+// README's requests: a routed answer, a stream and a model "auto" request.
+func TestExampleRuns(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "modelrouter")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	example, err := os.ReadFile("../../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gateway, admin := freePort(t), freePort(t)
+	replacer := strings.NewReplacer(
+		":8080", ":"+gateway,
+		"localhost:2019", "localhost:"+admin,
+		"127.0.0.1:9001", "127.0.0.1:"+freePort(t),
+		"127.0.0.1:9002", "127.0.0.1:"+freePort(t),
+		"127.0.0.1:9003", "127.0.0.1:"+freePort(t),
+	)
+	config := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(config, []byte(replacer.Replace(string(example))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "run", "--config", config)
+	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir, "HOME="+dir)
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("gateway output:\n%s", logs.String())
+		}
+	}()
+
+	base := "http://127.0.0.1:" + gateway
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(base + "/v1/models")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the example did not come up: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	post := func(body string, header ...string) *http.Response {
+		req, _ := http.NewRequest("POST", base+"/v1/chat/completions", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+
+	resp := post(`{"model":"llama-8b","messages":[{"role":"user","content":"Hello"}]}`)
+	var answer struct {
+		Model   string `json:"model"`
+		Choices []struct {
+			Message struct{ Content string } `json:"message"`
+		} `json:"choices"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&answer)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != 200 || len(answer.Choices) == 0 {
+		t.Fatalf("plain request: status %d, err %v, answer %+v", resp.StatusCode, err, answer)
+	}
+	backend := resp.Header.Get("X-Model-Router-Backend")
+	if backend != "fast" && backend != "big" {
+		t.Fatalf("llama-8b went to %q, want fast or big", backend)
+	}
+	if answer.Model != "meta-llama/Llama-3.1-8B-Instruct" {
+		t.Fatalf("upstream saw model %q, want the upstream name", answer.Model)
+	}
+
+	resp = post(`{"model":"llama-8b","stream":true,"messages":[{"role":"user","content":"Hello"}]}`)
+	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/event-stream") {
+		t.Fatalf("stream Content-Type %q", ct)
+	}
+	events, done := 0, false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "data: [DONE]" {
+			done = true
+		} else if strings.HasPrefix(line, "data: ") {
+			events++
+		}
+	}
+	resp.Body.Close()
+	if events < 2 || !done {
+		t.Fatalf("stream: %d events, [DONE] seen %v", events, done)
+	}
+
+	resp = post(`{"model":"auto","messages":[{"role":"user","content":"Write a sort"}]}`, "X-Model-Router-Capability", "coding")
+	resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get("X-Model-Router-Backend") != "coder" {
+		t.Fatalf("auto/coding: status %d backend %q, want 200 from coder", resp.StatusCode, resp.Header.Get("X-Model-Router-Backend"))
+	}
+}

@@ -1,0 +1,121 @@
+package loadstate
+
+import (
+	"errors"
+	"testing"
+)
+
+func set(n int, members ...int) BackendSet {
+	s := NewBackendSet(n)
+	for _, m := range members {
+		s.Add(m)
+	}
+	return s
+}
+
+func woken(t *Ticket) bool {
+	select {
+	case <-t.C():
+		return true
+	default:
+		return false
+	}
+}
+
+func TestBackendSet(t *testing.T) {
+	s := set(130, 0, 64, 129)
+	for _, i := range []int{0, 64, 129} {
+		if !s.Has(i) {
+			t.Errorf("Has(%d) = false", i)
+		}
+	}
+	for _, i := range []int{-1, 1, 63, 65, 128, 130, 1000} {
+		if s.Has(i) {
+			t.Errorf("Has(%d) = true", i)
+		}
+	}
+	if !s.Overlaps(set(130, 129)) || s.Overlaps(set(130, 1, 2, 128)) {
+		t.Error("Overlaps is wrong")
+	}
+}
+
+func TestWaitQueueWakesOldestWaiterThatCanUseTheSlot(t *testing.T) {
+	q := NewWaitQueue(10)
+	a, _ := q.Enter(set(4, 0))    // waits for backend 0 only
+	b, _ := q.Enter(set(4, 1, 2)) // backends 1 or 2
+	c, _ := q.Enter(set(4, 1))    // backend 1, behind b
+
+	if !q.Notify(1) {
+		t.Fatal("Notify(1) woke nobody")
+	}
+	if woken(a) || !woken(b) || woken(c) {
+		t.Fatalf("slot on 1: woken a=%v b=%v c=%v, want only b (oldest that can use it)", woken(a), woken(b), woken(c))
+	}
+	// b has a wake pending, so the next slot on 1 goes to c.
+	if !q.Notify(1) || !woken(c) {
+		t.Fatal("second slot on 1 did not wake c")
+	}
+	if q.Notify(3) {
+		t.Fatal("Notify(3) woke a waiter that cannot use backend 3")
+	}
+	if !q.Claimed(0) || !q.Claimed(2) || q.Claimed(3) {
+		t.Fatal("Claimed is wrong")
+	}
+	q.Leave(a)
+	q.Leave(b)
+	q.Leave(c)
+	if q.Len() != 0 || q.Claimed(1) {
+		t.Fatalf("queue not empty after everyone left: len %d", q.Len())
+	}
+}
+
+func TestWaitQueuePassesOnAWakeItsWaiterDidNotUse(t *testing.T) {
+	q := NewWaitQueue(10)
+	a, _ := q.Enter(set(2, 0))
+	b, _ := q.Enter(set(2, 0))
+	q.Notify(0)
+	if !woken(a) {
+		t.Fatal("a not woken")
+	}
+	// a gives up (timeout) without using the slot: b must get it.
+	q.Leave(a)
+	if !woken(b) {
+		t.Fatal("the slot a did not use was not passed to b")
+	}
+	q.Consumed(b)
+	q.Leave(b)
+}
+
+func TestWaitQueueConsumedKeepsPlace(t *testing.T) {
+	q := NewWaitQueue(10)
+	a, _ := q.Enter(set(1, 0))
+	b, _ := q.Enter(set(1, 0))
+	q.Notify(0)
+	<-a.C()
+	q.Consumed(a) // a lost the race for the slot; it stays first in line
+	q.Notify(0)
+	if !woken(a) || woken(b) {
+		t.Fatal("a lost its place after a consumed wake-up")
+	}
+	q.Leave(a)
+	q.Leave(a) // idempotent
+	q.Leave(b)
+	if q.Len() != 0 {
+		t.Fatalf("len %d after leaving", q.Len())
+	}
+}
+
+func TestWaitQueueBounded(t *testing.T) {
+	q := NewWaitQueue(2)
+	for i := 0; i < 2; i++ {
+		if _, err := q.Enter(set(1, 0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := q.Enter(set(1, 0)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("third Enter: %v, want ErrQueueFull", err)
+	}
+	if _, err := NewWaitQueue(0).Enter(set(1, 0)); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("Enter on a zero-length queue: %v, want ErrQueueFull", err)
+	}
+}
