@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -101,6 +102,7 @@ type lease struct {
 	id      string
 	backend int // -1 when none is held
 	renew   *time.Timer
+	done    *atomic.Bool // set on release, so an in-flight renewal does not re-arm
 }
 
 func (l *lease) release() {
@@ -108,7 +110,9 @@ func (l *lease) release() {
 		return
 	}
 	if l.renew != nil {
+		l.done.Store(true)
 		l.renew.Stop()
+		l.renew, l.done = nil, nil
 	}
 	name := l.h.backends[l.backend].Name
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
@@ -131,14 +135,22 @@ func (l *lease) keepAlive() {
 		return
 	}
 	backend, id, store := l.h.backends[l.backend].Name, l.id, l.h.store
-	var renew func()
-	renew = func() {
+	done := new(atomic.Bool)
+	var timer *time.Timer
+	// Armed only after timer is assigned, so the callback always sees it.
+	timer = time.AfterFunc(time.Duration(1<<62), func() {
+		if done.Load() {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 		_ = store.Renew(ctx, id, backend)
 		cancel()
-		l.renew.Reset(ttl / 3)
-	}
-	l.renew = time.AfterFunc(ttl/3, renew)
+		if !done.Load() {
+			timer.Reset(ttl / 3)
+		}
+	})
+	timer.Reset(ttl / 3)
+	l.renew, l.done = timer, done
 }
 
 func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind) error {
@@ -258,8 +270,11 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 		return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
 	}
 	// Newcomers leave alone the backends someone is already waiting for.
-	skipClaimed := h.queue.Len() > 0
-	if i, apiErr := rt.tryAcquire(ctx, ranked, skipClaimed); i >= 0 || apiErr != nil {
+	var skip func(int) bool
+	if h.queue.Len() > 0 {
+		skip = h.queue.Claimed
+	}
+	if i, apiErr := rt.tryAcquire(ctx, ranked, skip); i >= 0 || apiErr != nil {
 		return i, apiErr
 	}
 
@@ -285,6 +300,7 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 	defer timer.Stop()
 	poll := time.NewTicker(waitPoll)
 	defer poll.Stop()
+	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
 	for {
 		rt.loadPool()
 		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
@@ -292,7 +308,7 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 		if eligible == 0 {
 			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
 		}
-		i, apiErr := rt.tryAcquire(ctx, ranked, false)
+		i, apiErr := rt.tryAcquire(ctx, ranked, claimedAhead)
 		h.queue.Consumed(ticket)
 		if i >= 0 || apiErr != nil {
 			return i, apiErr
@@ -319,11 +335,13 @@ func (rt *routing) full(msg string) *apiError {
 
 // tryAcquire asks the store for a slot on the first ranked candidate with
 // room, in one call. It returns the backend index, or -1 when none had room.
-func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skipClaimed bool) (int, *apiError) {
+// Candidates for which skip reports true are left to requests that waited
+// longer.
+func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skip func(int) bool) (int, *apiError) {
 	h := rt.h
 	slots, idx := rt.sc.slots[:0], rt.sc.idx[:0]
 	for _, c := range ranked {
-		if skipClaimed && h.queue.Claimed(c.Index) {
+		if skip != nil && skip(c.Index) {
 			continue
 		}
 		b := &h.backends[c.Index]
@@ -410,7 +428,7 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 			rt.loadPool()
 			ranked, _ := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
 			rt.sc.cands = ranked
-			next, apiErr := rt.tryAcquire(r.Context(), ranked, false)
+			next, apiErr := rt.tryAcquire(r.Context(), ranked, nil)
 			if next >= 0 {
 				backend = next
 				continue

@@ -151,6 +151,19 @@ func (q *WaitQueue) Claimed(i int) bool {
 	return false
 }
 
+// ClaimedAhead reports whether a waiter ahead of t in line can use backend i;
+// t then leaves that backend's next slot to it.
+func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for w := q.head; w != nil && w != t; w = w.next {
+		if w.wants.Has(i) {
+			return true
+		}
+	}
+	return false
+}
+
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int {
 	q.mu.Lock()
