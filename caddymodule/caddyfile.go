@@ -39,7 +39,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stream_idle_timeout 60s    # longest silence from a backend while it answers
 //	    max_fails 3                # failures in a row that put a backend in cooldown
 //	    fail_cooldown 10s
-//	    pool default               # routers with the same pool share load state
+//	    pool default               # routers (and, with redis, replicas) with the same pool share load state
+//	    redis [<url>] {            # share load across gateway replicas; url: redis:// or rediss://
+//	        lease 5s               # how long a dead replica's slots can stay held
+//	        heartbeat 1s
+//	        timeout 50ms           # budget for one Redis call on the request path
+//	        on_redis_down fail_local   # fail_local | fail_closed | fail_open
+//	        key_prefix mr
+//	        sentinel <master_name> <addr>...   # Redis Sentinel instead of a URL
+//	        cluster <addr>...                  # Redis Cluster seeds instead of a URL
+//	        username <name>
+//	        password <secret>      # e.g. {env.REDIS_PASSWORD}
+//	    }
 //	    backend <name> <url> {
 //	        models <public>[=<upstream>] ...   # the first is used for model "auto"
 //	        capabilities <name>=<0..1> ...
@@ -147,6 +158,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", v)
 			}
 			h.Pool = v
+		case "redis":
+			r, err := parseRedis(d)
+			if err != nil {
+				return err
+			}
+			h.Redis = r
 		case "backend":
 			b, err := parseBackend(d)
 			if err != nil {

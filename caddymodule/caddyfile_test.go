@@ -93,6 +93,15 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"negative cost", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcost -1\n\t}", "non-negative", 5},
 		{"bad context", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcontext big\n\t}", "whole number", 5},
 		{"argument after directive", "", "wrong argument count", 1},
+		{"redis unknown option", "redis redis://127.0.0.1:6379 {\n\t\tcolour blue\n\t}\n" + backend, `redis: unknown option "colour"`, 3},
+		{"redis bad mode", "redis redis://127.0.0.1:6379 {\n\t\ton_redis_down panic\n\t}\n" + backend, "unknown on_redis_down mode", 3},
+		{"redis heartbeat not under lease", "redis redis://127.0.0.1:6379 {\n\t\tlease 1s\n\t\theartbeat 2s\n\t}\n" + backend, "shorter than the lease", 0},
+		{"redis nothing to reach", "redis {\n\t\tlease 1s\n\t}\n" + backend, "needs a URL", 0},
+		{"redis cluster and sentinel", "redis {\n\t\tcluster 127.0.0.1:7000\n\t\tsentinel m 127.0.0.1:26379\n\t}\n" + backend, "either cluster or sentinel", 0},
+		{"redis bad url", "redis http://127.0.0.1:6379\n" + backend, "redis", 2},
+		{"redis bad prefix", "redis redis://127.0.0.1:6379 {\n\t\tkey_prefix a:b\n\t}\n" + backend, "key_prefix", 3},
+		{"redis twice in block", "redis redis://127.0.0.1:6379 {\n\t\ttimeout 1s\n\t\ttimeout 2s\n\t}\n" + backend, "set twice", 4},
+		{"redis sentinel without addrs", "redis {\n\t\tsentinel m\n\t}\n" + backend, "at least one sentinel", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/modelrouter/modelrouter/loadstate"
 )
 
 // metrics are created once per process and registered on every Provision;
@@ -71,7 +73,7 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	if reg == nil {
 		return m
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.rejected, m.retries, m.duration, m.ttft, m.inflight, m.queueDepth, m.queueWait} {
+	for _, c := range []prometheus.Collector{m.requests, m.rejected, m.retries, m.duration, m.ttft, m.inflight, m.queueDepth, m.queueWait, storeCollector{}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -80,4 +82,66 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 		}
 	}
 	return m
+}
+
+// storeCollector reports the shared load stores at scrape time: whether each
+// pool's replica is on Redis or degraded to local state (the alert), how many
+// replicas it sees, and its Redis command counts by purpose.
+type storeCollector struct{}
+
+var (
+	storeModeDesc = prometheus.NewDesc(namespace+"_load_state_mode",
+		"1 for the mode the pool's load state is in: redis, local (Redis unreachable, admitting this replica's share), closed or open.",
+		[]string{"pool", "mode"}, nil)
+	storeDegradedDesc = prometheus.NewDesc(namespace+"_load_state_degraded",
+		"1 while the pool's shared load state (Redis) is unreachable and this replica decides alone: the alert.",
+		[]string{"pool"}, nil)
+	replicasDesc = prometheus.NewDesc(namespace+"_live_replicas",
+		"Gateway replicas of the pool that heartbeat into Redis.", []string{"pool"}, nil)
+	redisCallsDesc = prometheus.NewDesc(namespace+"_redis_calls_total",
+		"Redis round trips by purpose: acquire (the one per request), release, renew, heartbeat, sketch_sync, resync, snapshot; errors and trips to local mode.",
+		[]string{"pool", "kind"}, nil)
+)
+
+func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- storeModeDesc
+	ch <- storeDegradedDesc
+	ch <- replicasDesc
+	ch <- redisCallsDesc
+}
+
+func (storeCollector) Collect(ch chan<- prometheus.Metric) {
+	seen := map[string]bool{} // two stores of one pool (other key prefixes) would collide
+	stores.Range(func(_, v any) bool {
+		ps, ok := v.(*pooledStore)
+		if !ok || seen[ps.pool] {
+			return true
+		}
+		rs, ok := ps.store.(*loadstate.RedisStore)
+		if !ok {
+			return true
+		}
+		seen[ps.pool] = true
+		st := rs.Stats()
+		for _, m := range []string{loadstate.ModeRedis, loadstate.ModeLocal, loadstate.ModeClosed, loadstate.ModeOpen} {
+			ch <- prometheus.MustNewConstMetric(storeModeDesc, prometheus.GaugeValue, boolFloat(st.Mode == m), ps.pool, m)
+		}
+		ch <- prometheus.MustNewConstMetric(storeDegradedDesc, prometheus.GaugeValue, boolFloat(st.Mode != loadstate.ModeRedis), ps.pool)
+		ch <- prometheus.MustNewConstMetric(replicasDesc, prometheus.GaugeValue, float64(rs.LiveReplicas()), ps.pool)
+		for kind, n := range map[string]uint64{
+			"acquire": st.HotPathCalls, "release": st.Releases, "renew": st.Renewals,
+			"heartbeat": st.Heartbeats, "sketch_sync": st.SketchSyncs, "resync": st.Resyncs,
+			"snapshot": st.Snapshots, "error": st.Errors, "trip": st.Trips,
+		} {
+			ch <- prometheus.MustNewConstMetric(redisCallsDesc, prometheus.CounterValue, float64(n), ps.pool, kind)
+		}
+		return true
+	})
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -80,6 +80,10 @@ type Handler struct {
 	// requests. Default: "default".
 	Pool string `json:"pool,omitempty"`
 
+	// Redis, when set, shares load state with every replica of the pool
+	// through Redis. Default: none (an in-memory store for this replica).
+	Redis *RedisConfig `json:"redis,omitempty"`
+
 	// Backends are the model servers requests are routed to. Upstream addresses
 	// come from here only, never from a request.
 	Backends []BackendConfig `json:"backends,omitempty"`
@@ -301,6 +305,11 @@ func (h *Handler) validate() error {
 	}
 	if len(h.Backends) == 0 {
 		return fmt.Errorf("at least one backend is required")
+	}
+	if h.Redis != nil {
+		if err := h.Redis.validate(); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	for _, b := range h.Backends {

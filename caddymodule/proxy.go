@@ -36,12 +36,14 @@ func newBackendProxy(ctx caddy.Context, h *Handler, bc BackendConfig, apiKey str
 			port = "443"
 		}
 	}
+	// StreamIdleTimeout is not the transport's ReadTimeout: that deadline is
+	// set when a read starts, and a pooled connection's pending read started
+	// when it went idle, so a request on a reused connection would get less
+	// than the timeout, and the response-header wait would be capped by it
+	// too. The attempt writer applies it instead, once the response started.
 	t := &reverseproxy.HTTPTransport{
 		DialTimeout:           h.DialTimeout,
 		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
-		// A per-read deadline on the upstream connection: a backend that goes
-		// silent mid-stream for this long is cut off, and its slot released.
-		ReadTimeout: h.StreamIdleTimeout,
 	}
 	if u.Scheme == "https" {
 		t.TLS = &reverseproxy.TLSConfig{ServerName: u.Hostname()}
@@ -102,10 +104,29 @@ type attemptWriter struct {
 	discarded   bool
 	firstByte   time.Duration
 	written     int64
+
+	// idle is the stream idle timeout: once the response started, a backend
+	// silent for this long has onIdle called (it cancels the attempt).
+	idle      time.Duration
+	onIdle    func()
+	idleTimer *time.Timer
 }
 
 func (a *attemptWriter) reset(w http.ResponseWriter, backend string, start time.Time, swallow bool) {
 	*a = attemptWriter{ResponseWriter: w, header: make(http.Header), backend: backend, start: start, swallow5xx: swallow, firstByte: -1}
+}
+
+// watchIdle arms the stream idle timeout for this attempt: onIdle runs when
+// the backend sends nothing for d after its response headers.
+func (a *attemptWriter) watchIdle(d time.Duration, onIdle func()) {
+	a.idle, a.onIdle = d, onIdle
+}
+
+// stopIdle disarms the stream idle timeout at the end of the attempt.
+func (a *attemptWriter) stopIdle() {
+	if a.idleTimer != nil {
+		a.idleTimer.Stop()
+	}
 }
 
 func (a *attemptWriter) Header() http.Header { return a.header }
@@ -121,6 +142,9 @@ func (a *attemptWriter) WriteHeader(code int) {
 	}
 	a.wroteHeader = true
 	a.status = code
+	if a.idle > 0 && a.onIdle != nil {
+		a.idleTimer = time.AfterFunc(a.idle, a.onIdle)
+	}
 	if code >= 500 && a.swallow5xx {
 		a.discarded = true
 		return
@@ -134,6 +158,11 @@ func (a *attemptWriter) WriteHeader(code int) {
 func (a *attemptWriter) Write(p []byte) (int, error) {
 	if !a.wroteHeader {
 		a.WriteHeader(http.StatusOK)
+	}
+	if a.idleTimer != nil {
+		// The backend is sending: the idle clock starts again after this write.
+		a.idleTimer.Stop()
+		defer a.idleTimer.Reset(a.idle)
 	}
 	if a.discarded {
 		return len(p), nil

@@ -403,7 +403,7 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 		aw.reset(w, name, attemptStart, canRetry)
 		rt.setBody(r, backend)
 		status = 0
-		err := h.proxies[backend].rp.ServeHTTP(aw, r, noNext)
+		err := rt.attempt(aw, r, backend)
 		status = aw.status
 		if err != nil && !aw.wroteHeader {
 			status = errorStatus(err)
@@ -456,6 +456,19 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 		}
 		return nil
 	}
+}
+
+// attempt runs one proxy attempt on backend. The upstream request gets a
+// context of its own, cancelled when the backend stays silent for
+// StreamIdleTimeout after its response started, so that a hung backend cannot
+// hold a slot forever; the proxy then aborts the response (the client sees a
+// broken stream) and the slot is released.
+func (rt *routing) attempt(aw *attemptWriter, r *http.Request, backend int) error {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	aw.watchIdle(time.Duration(rt.h.StreamIdleTimeout), cancel)
+	defer aw.stopIdle()
+	return rt.h.proxies[backend].rp.ServeHTTP(aw, r.WithContext(ctx), noNext)
 }
 
 // alternativeExists reports whether another backend could take a retry.

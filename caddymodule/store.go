@@ -14,6 +14,7 @@ import (
 var stores = caddy.NewUsagePool()
 
 type pooledStore struct {
+	pool     string
 	store    loadstate.Store
 	sketches *loadstate.Sketches
 	close    func() error
@@ -26,10 +27,13 @@ func (p *pooledStore) Destruct() error {
 	return nil
 }
 
-func (h *Handler) provisionStore(_ caddy.Context) error {
+func (h *Handler) provisionStore(ctx caddy.Context) error {
+	if h.Redis != nil {
+		return h.provisionRedisStore(ctx)
+	}
 	h.storeKey = "memory:" + h.Pool
 	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
-		return &pooledStore{store: loadstate.NewMemoryStore(), sketches: loadstate.NewSketches(0, 0, nil)}, nil
+		return &pooledStore{pool: h.Pool, store: loadstate.NewMemoryStore(), sketches: loadstate.NewSketches(0, 0, nil)}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("setting up load store for pool %s: %w", h.Pool, err)

@@ -26,16 +26,32 @@ func freePort(t *testing.T) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-// TestExampleRuns builds the binary, runs Caddyfile.example on free ports (the
+// gatewayBin is the binary under test, built once by TestMain.
+var gatewayBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "modelrouter-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	gatewayBin = filepath.Join(dir, "modelrouter")
+	if out, err := exec.Command("go", "build", "-o", gatewayBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestExampleRuns runs Caddyfile.example on free ports (the
 // file's own ports 8080, 2019 and 9001-9003 are only renamed) and sends the
 // README's requests: a routed answer, a stream and a model "auto" request.
 func TestExampleRuns(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "modelrouter")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := gatewayBin
 	example, err := os.ReadFile("../../Caddyfile.example")
 	if err != nil {
 		t.Fatal(err)

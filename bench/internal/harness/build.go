@@ -1,0 +1,68 @@
+package harness
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+const modulePath = "github.com/modelrouter/modelrouter"
+
+// Gateway returns the path of the gateway binary: prebuilt when it is set,
+// else a fresh `go build ./cmd/modelrouter` of the enclosing module into the
+// temporary directory, so the benchmark measures the code in the checkout.
+func (h *Harness) Gateway(prebuilt string) (string, error) {
+	if prebuilt != "" {
+		abs, err := filepath.Abs(prebuilt)
+		if err != nil {
+			return "", fmt.Errorf("locating %s: %w", prebuilt, err)
+		}
+		if _, err := os.Stat(abs); err != nil {
+			return "", fmt.Errorf("gateway binary: %w", err)
+		}
+		return abs, nil
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(h.Dir, "modelrouter")
+	start := time.Now()
+	fmt.Fprintf(os.Stderr, "building ./cmd/modelrouter ...")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/modelrouter")
+	cmd.Dir = root
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr)
+		return "", fmt.Errorf("go build ./cmd/modelrouter in %s: %w\n%s", root, err, out.Bytes())
+	}
+	fmt.Fprintf(os.Stderr, " done in %.1fs\n", time.Since(start).Seconds())
+	return bin, nil
+}
+
+// moduleRoot finds the directory of the modelrouter module from the working
+// directory, as the go command does.
+func moduleRoot() (string, error) {
+	out, err := exec.Command("go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", errors.New("run the benchmark from inside the modelrouter checkout (or pass -bin)")
+	}
+	data, err := os.ReadFile(gomod)
+	if err != nil {
+		return "", fmt.Errorf("reading %s: %w", gomod, err)
+	}
+	if !bytes.Contains(data, []byte("module "+modulePath+"\n")) {
+		return "", fmt.Errorf("%s is not the %s module: run from inside the checkout (or pass -bin)", gomod, modulePath)
+	}
+	return filepath.Dir(gomod), nil
+}

@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// globalOptions keeps every Caddy on loopback, without an admin endpoint and
+// without writing an autosaved config.
+const globalOptions = `{
+	admin off
+	persist_config off
+	auto_https off
+	default_bind 127.0.0.1
+}
+`
+
+// stockConfig is stock Caddy's reverse_proxy with least_conn over the sims,
+// as JSON: the Caddyfile has only a handler-wide max_requests (passive health
+// unhealthy_request_count), while upstreams in JSON each take their own. With
+// capped, each upstream gets max_requests = its sim's slots, and a request
+// finding them all full retries every 10ms for up to tryDuration.
+func stockConfig(listen string, sims []sim, capped bool, tryDuration time.Duration) string {
+	type upstream struct {
+		Dial        string `json:"dial"`
+		MaxRequests int    `json:"max_requests,omitempty"`
+	}
+	ups := make([]upstream, len(sims))
+	for i, s := range sims {
+		ups[i] = upstream{Dial: s.addr}
+		if capped {
+			ups[i].MaxRequests = s.slots
+		}
+	}
+	lb := map[string]any{"selection_policy": map[string]string{"policy": "least_conn"}}
+	if capped {
+		lb["try_duration"] = tryDuration.String()
+		lb["try_interval"] = "10ms"
+	}
+	cfg := map[string]any{
+		"admin": map[string]any{"disabled": true, "config": map[string]bool{"persist": false}},
+		"apps": map[string]any{"http": map[string]any{"servers": map[string]any{"bench": map[string]any{
+			"listen":          []string{listen},
+			"automatic_https": map[string]bool{"disable": true},
+			"routes": []any{map[string]any{"handle": []any{map[string]any{
+				"handler":        "reverse_proxy",
+				"upstreams":      ups,
+				"load_balancing": lb,
+			}}}},
+		}}}},
+	}
+	data, err := json.MarshalIndent(cfg, "", "\t")
+	if err != nil {
+		panic(err) // plain maps and strings always encode
+	}
+	return string(data)
+}
+
+// gatewayConfig is model_router over the sims, every backend serving the same
+// model with the same capability, so only load and latency tell them apart.
+// With redis set, the router shares its state in pool "bench" on that Redis.
+func gatewayConfig(listen string, sims []sim, strategy string, maxWait time.Duration, redis string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s\nhttp://%s {\n\tmodel_router {\n\t\tstrategy %s\n\t\tmax_wait %s\n\t\tmax_queue 10000\n",
+		globalOptions, listen, strategy, maxWait)
+	if redis != "" {
+		fmt.Fprintf(&b, "\t\tpool bench\n\t\tredis redis://%s/0\n", redis)
+	}
+	for _, s := range sims {
+		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight %d\n\t\t}\n",
+			s.name, s.addr, s.slots)
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
+}

@@ -1,0 +1,81 @@
+package caddymodule
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestIntegrationPassiveHealth: a backend that fails max_fails times in a row
+// is skipped for fail_cooldown (requests go to the other backend without
+// trying it), then tried again: one more failure puts it straight back in
+// cooldown, one success restores it.
+func TestIntegrationPassiveHealth(t *testing.T) {
+	const cooldown = time.Second
+	flaky := newUpstream(t, "flaky", 0, false)
+	steady := newUpstream(t, "steady", 0, false)
+	g := startGateway(t, gatewayOptions{}, `
+{{url "gw"}} {
+	model_router {
+		pool {{.Pool}}
+		strategy greedy
+		max_fails 2
+		fail_cooldown `+cooldown.String()+`
+		backend flaky {{index .Up "flaky"}} {
+			models m
+			capabilities chat=1
+			max_inflight 4
+		}
+		backend steady {{index .Up "steady"}} {
+			models m
+			capabilities chat=0.5
+			max_inflight 4
+		}
+	}
+}
+`, map[string]string{"flaky": flaky.srv.URL, "steady": steady.srv.URL})
+	url := g.url("gw") + "/v1/chat/completions"
+
+	// request sends one request and checks who answered and whom it tried.
+	request := func(step string, wantBackend string, wantFlakyTries int64) {
+		t.Helper()
+		before := flaky.total.Load()
+		resp, body := post(t, url, chatBody("m"))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d: %s", step, resp.StatusCode, body)
+		}
+		if got := resp.Header.Get(backendHeader); got != wantBackend {
+			t.Errorf("%s: answered by %q, want %q", step, got, wantBackend)
+		}
+		if got := flaky.total.Load() - before; got != wantFlakyTries {
+			t.Errorf("%s: flaky tried %d times, want %d", step, got, wantFlakyTries)
+		}
+	}
+
+	request("healthy", "flaky", 1)
+
+	flaky.status.Store(http.StatusInternalServerError)
+	// Each failure is retried on steady, so clients still get answers.
+	request("first failure", "steady", 1)
+	request("second failure", "steady", 1)
+	cooledAt := time.Now()
+	for i := 0; i < 5; i++ {
+		request("cooling down", "steady", 0)
+	}
+	if time.Since(cooledAt) > cooldown*8/10 {
+		t.Skip("the machine is too slow to tell the cooldown apart from its end")
+	}
+
+	// After the cooldown flaky is tried again; it still fails, and a single
+	// failure cools it down again.
+	time.Sleep(cooldown + 200*time.Millisecond)
+	request("half-open, still failing", "steady", 1)
+	request("cooling down again", "steady", 0)
+
+	// After the next cooldown it is tried and succeeds, and stays in use.
+	flaky.status.Store(0)
+	time.Sleep(cooldown + 200*time.Millisecond)
+	request("recovered", "flaky", 1)
+	request("healthy again", "flaky", 1)
+	g.waitIdle()
+}

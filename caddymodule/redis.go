@@ -1,0 +1,259 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/modelrouter/modelrouter/loadstate"
+)
+
+// RedisConfig makes every gateway replica with the same pool share in-flight
+// load, capacity limits and latency percentiles through Redis. Without it, an
+// in-memory store serves this replica alone.
+type RedisConfig struct {
+	// URL is redis://[user:password@]host:port[/db], or rediss:// for TLS.
+	// With Sentinel or Cluster it may still carry credentials and TLS.
+	// Placeholders such as {env.REDIS_PASSWORD} are expanded.
+	URL string `json:"url,omitempty"`
+
+	// MasterName and Sentinels select Redis Sentinel: the master's name and the
+	// Sentinels' host:port addresses.
+	MasterName string   `json:"master_name,omitempty"`
+	Sentinels  []string `json:"sentinels,omitempty"`
+
+	// Cluster lists seed host:port addresses of a Redis Cluster.
+	Cluster []string `json:"cluster,omitempty"`
+
+	// Username and Password override the URL's; placeholders are expanded.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// Lease is how long a slot stays held without renewal: the longest a
+	// crashed replica's slots stay taken. Default: 5s.
+	Lease caddy.Duration `json:"lease,omitempty"`
+
+	// Heartbeat is how often a replica registers itself, shares its latency
+	// sketches and, while Redis is down, probes it. Default: 1s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	// Timeout bounds one Redis call on the request path. Default: 50ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// OnRedisDown is what to admit while Redis is unreachable: fail_local (each
+	// live replica takes its share of every backend's capacity), fail_closed
+	// (nothing) or fail_open (the full capacity, on each replica). Default:
+	// fail_local.
+	OnRedisDown string `json:"on_redis_down,omitempty"`
+
+	// KeyPrefix starts every Redis key. Default: "mr".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+}
+
+func (c *RedisConfig) validate() error {
+	if _, err := loadstate.ParseOnDown(c.OnRedisDown); err != nil {
+		return err
+	}
+	if c.KeyPrefix != "" && !nameRE.MatchString(c.KeyPrefix) {
+		return fmt.Errorf("redis key_prefix %q: use letters, digits, '.', '_' or '-'", c.KeyPrefix)
+	}
+	if c.Lease < 0 || c.Heartbeat < 0 || c.Timeout < 0 {
+		return fmt.Errorf("redis durations must not be negative")
+	}
+	lease, beat := time.Duration(c.Lease), time.Duration(c.Heartbeat)
+	if lease == 0 {
+		lease = loadstate.DefaultLease
+	}
+	if beat == 0 {
+		beat = loadstate.DefaultHeartbeat
+	}
+	if beat >= lease {
+		return fmt.Errorf("redis heartbeat %v must be shorter than the lease %v", beat, lease)
+	}
+	_, err := loadstate.ClientOptions(c.clientConfig(caddy.NewReplacer()))
+	return err
+}
+
+func (c *RedisConfig) clientConfig(repl *caddy.Replacer) loadstate.RedisConfig {
+	return loadstate.RedisConfig{
+		URL:           repl.ReplaceAll(c.URL, ""),
+		MasterName:    c.MasterName,
+		SentinelAddrs: c.Sentinels,
+		ClusterAddrs:  c.Cluster,
+		Timeout:       time.Duration(c.Timeout),
+		Username:      repl.ReplaceAll(c.Username, ""),
+		Password:      repl.ReplaceAll(c.Password, ""),
+	}
+}
+
+// redisClients shares Redis clients across config reloads and routers, keyed
+// by every option that shapes the client, and closes one when its last user
+// is gone.
+var redisClients = caddy.NewUsagePool()
+
+type pooledClient struct{ redis.UniversalClient }
+
+func (p pooledClient) Destruct() error { return p.Close() }
+
+func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
+	cfg := h.Redis.clientConfig(caddy.NewReplacer())
+	keyBytes, _ := json.Marshal(cfg)
+	clientKey := string(keyBytes)
+	cv, _, err := redisClients.LoadOrNew(clientKey, func() (caddy.Destructor, error) {
+		c, err := loadstate.NewRedisClient(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return pooledClient{c}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("connecting to redis: %w", err)
+	}
+	client := cv.(pooledClient)
+
+	onDown, _ := loadstate.ParseOnDown(h.Redis.OnRedisDown)
+	// The store is keyed by everything that shapes it: routers that agree on
+	// all of it share one store (and one set of leases) within this process.
+	h.storeKey = fmt.Sprintf("redis:%s|%s|%s|%v|%v|%v|%s", clientKey, h.Redis.KeyPrefix, h.Pool,
+		h.Redis.Lease, h.Redis.Heartbeat, h.Redis.Timeout, onDown)
+	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
+		sketches := loadstate.NewSketches(0, 0, nil)
+		store, err := loadstate.NewRedisStore(client, loadstate.RedisOptions{
+			Pool:        h.Pool,
+			KeyPrefix:   h.Redis.KeyPrefix,
+			ReplicaAddr: replicaAddr(),
+			Version:     version(),
+			Lease:       time.Duration(h.Redis.Lease),
+			Heartbeat:   time.Duration(h.Redis.Heartbeat),
+			Timeout:     time.Duration(h.Redis.Timeout),
+			OnDown:      onDown,
+			Sketches:    sketches,
+			Logger:      ctx.Logger().Named("redis"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		// The store takes a client reference of its own, given back when the
+		// store's last router is gone.
+		redisClients.LoadOrStore(clientKey, client)
+		return &pooledStore{pool: h.Pool, store: store, sketches: sketches, close: func() error {
+			err := store.Close()
+			_, _ = redisClients.Delete(clientKey)
+			return err
+		}}, nil
+	})
+	// This router's own client reference is only needed to build the store.
+	_, _ = redisClients.Delete(clientKey)
+	if err != nil {
+		h.storeKey = ""
+		return fmt.Errorf("setting up the redis load store for pool %s: %w", h.Pool, err)
+	}
+	ps := v.(*pooledStore)
+	h.store, h.sketches = ps.store, ps.sketches
+	return nil
+}
+
+func replicaAddr() string {
+	host, _ := os.Hostname()
+	return host
+}
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, dep := range bi.Deps {
+			if dep.Path == "github.com/modelrouter/modelrouter" {
+				return dep.Version
+			}
+		}
+		return bi.Main.Version
+	}
+	return "unknown"
+}
+
+// parseRedis reads the redis block:
+//
+//	redis [<url>] {
+//	    lease 5s
+//	    heartbeat 1s
+//	    timeout 50ms
+//	    on_redis_down fail_local   # fail_local | fail_closed | fail_open
+//	    key_prefix mr
+//	    sentinel <master_name> <addr>...
+//	    cluster <addr>...
+//	    username <name>
+//	    password <secret>          # e.g. {env.REDIS_PASSWORD}
+//	}
+func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
+	c := new(RedisConfig)
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 1:
+		c.URL = args[0]
+	default:
+		return nil, d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		key := d.Val()
+		if seen[key] {
+			return nil, d.Errf("redis: %s is set twice", key)
+		}
+		seen[key] = true
+		var err error
+		switch key {
+		case "lease":
+			c.Lease, err = durationArg(d)
+		case "heartbeat":
+			c.Heartbeat, err = durationArg(d)
+		case "timeout":
+			c.Timeout, err = durationArg(d)
+		case "on_redis_down":
+			c.OnRedisDown, err = oneArg(d)
+			if err == nil {
+				if _, perr := loadstate.ParseOnDown(c.OnRedisDown); perr != nil {
+					err = d.Err(perr.Error())
+				}
+			}
+		case "key_prefix":
+			c.KeyPrefix, err = oneArg(d)
+			if err == nil && !nameRE.MatchString(c.KeyPrefix) {
+				err = d.Errf("redis key_prefix %q: use letters, digits, '.', '_' or '-'", c.KeyPrefix)
+			}
+		case "sentinel":
+			a := d.RemainingArgs()
+			if len(a) < 2 {
+				return nil, d.Errf("redis sentinel needs the master name and at least one sentinel address")
+			}
+			c.MasterName, c.Sentinels = a[0], a[1:]
+		case "cluster":
+			a := d.RemainingArgs()
+			if len(a) == 0 {
+				return nil, d.Errf("redis cluster needs at least one seed address")
+			}
+			c.Cluster = a
+		case "username":
+			c.Username, err = oneArg(d)
+		case "password":
+			c.Password, err = oneArg(d)
+		default:
+			return nil, d.Errf("redis: unknown option %q", key)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if c.URL == "" && c.MasterName == "" && len(c.Cluster) == 0 {
+		return nil, d.Err("redis needs a URL, a sentinel line or a cluster line")
+	}
+	if err := c.validate(); err != nil {
+		return nil, d.Err(err.Error())
+	}
+	return c, nil
+}

@@ -1,0 +1,429 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/modelrouter/modelrouter/internal/redistest"
+)
+
+// The fleet tests run three gateway processes (the real binary) sharing one
+// real redis-server, in front of stub backends that record their peak
+// concurrency: the number a backend's max_inflight promises to bound.
+
+const fleetLease = time.Second
+
+// stub is an OpenAI-ish backend that counts the requests inside it at once.
+type stub struct {
+	srv       *httptest.Server
+	cur, peak atomic.Int64
+	served    atomic.Int64
+	delay     atomic.Int64 // nanoseconds each request takes
+	hold      atomic.Bool  // when set, requests stay until the client goes
+}
+
+func newStub(t *testing.T, delay time.Duration) *stub {
+	s := &stub{}
+	s.delay.Store(int64(delay))
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		n := s.cur.Add(1)
+		defer s.cur.Add(-1)
+		for {
+			p := s.peak.Load()
+			if n <= p || s.peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		if s.hold.Load() {
+			<-r.Context().Done()
+			return
+		}
+		select {
+		case <-time.After(time.Duration(s.delay.Load())):
+		case <-r.Context().Done():
+			return
+		}
+		s.served.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}`)
+	}))
+	t.Cleanup(s.srv.Close)
+	return s
+}
+
+// gateway is one replica: the modelrouter binary as its own process.
+type gateway struct {
+	cmd  *exec.Cmd
+	base string
+	logs *syncBuffer
+	done chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+type fleetBackend struct {
+	stub *stub
+	cap  int
+}
+
+func startGateway(t *testing.T, redisURL string, backends []fleetBackend) *gateway {
+	t.Helper()
+	dir := t.TempDir()
+	port := freePort(t)
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\tadmin off\n\tpersist_config off\n}\nhttp://127.0.0.1:%s {\n\tmodel_router {\n", port)
+	fmt.Fprintf(&b, "\t\tstrategy least_load\n\t\tpool fleet\n\t\tmax_wait 15s\n\t\tmax_queue 2000\n")
+	fmt.Fprintf(&b, "\t\tredis %s {\n\t\t\tlease %s\n\t\t\theartbeat 200ms\n\t\t\ttimeout 50ms\n\t\t}\n", redisURL, fleetLease)
+	for i, be := range backends {
+		fmt.Fprintf(&b, "\t\tbackend b%d %s {\n\t\t\tmodels m\n\t\t\tmax_inflight %d\n\t\t}\n", i, be.stub.srv.URL, be.cap)
+	}
+	b.WriteString("\t}\n}\n")
+	config := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(config, []byte(b.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	g := &gateway{base: "http://127.0.0.1:" + port, logs: &syncBuffer{}, done: make(chan struct{})}
+	g.cmd = exec.Command(gatewayBin, "run", "--config", config)
+	g.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.cmd.Wait(); close(g.done) }()
+	t.Cleanup(func() {
+		g.kill()
+		if t.Failed() {
+			t.Logf("gateway %s output:\n%s", g.base, g.logs.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(g.base + "/v1/models")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return g
+			}
+		}
+		select {
+		case <-g.done:
+			t.Fatalf("gateway exited at start:\n%s", g.logs.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not come up: %v\n%s", err, g.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill is kill -9: the replica gets no chance to release anything.
+func (g *gateway) kill() {
+	_ = g.cmd.Process.Signal(syscall.SIGKILL)
+	<-g.done
+}
+
+var fleetClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 60 * time.Second}
+
+func (g *gateway) chat(ctx context.Context) (int, error) {
+	req, _ := http.NewRequestWithContext(ctx, "POST", g.base+"/v1/chat/completions",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := fleetClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
+func startFleet(t *testing.T, redisURL string, backends []fleetBackend, n int) []*gateway {
+	gws := make([]*gateway, n)
+	for i := range gws {
+		gws[i] = startGateway(t, redisURL, backends)
+	}
+	time.Sleep(3 * 200 * time.Millisecond) // a few heartbeats: every replica sees the others
+	return gws
+}
+
+// leaseCount sums the live leases the pool holds in Redis.
+func leaseCount(t *testing.T, srv *redistest.Server) int64 {
+	c := srv.Client()
+	ctx := context.Background()
+	keys, err := c.Keys(ctx, "mr:{fleet}:lease:*").Result()
+	if err != nil {
+		t.Fatalf("listing lease keys: %v", err)
+	}
+	var total int64
+	now := time.Now().UnixMilli()
+	for _, k := range keys {
+		n, err := c.ZCount(ctx, k, fmt.Sprint(now), "+inf").Result()
+		if err != nil {
+			t.Fatalf("counting %s: %v", k, err)
+		}
+		total += n
+	}
+	return total
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestFleetNeverExceedsCapacity: bursts spread over three replicas never put
+// more than max_inflight requests on any backend, and every request is served.
+func TestFleetNeverExceedsCapacity(t *testing.T) {
+	srv := redistest.Start(t)
+	backends := []fleetBackend{{newStub(t, 30*time.Millisecond), 3}, {newStub(t, 30*time.Millisecond), 2}}
+	gws := startFleet(t, srv.URL(), backends, 3)
+
+	const clients, each = 60, 4
+	var wg sync.WaitGroup
+	var failures atomic.Int64
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				code, err := gws[(c+i)%len(gws)].chat(context.Background())
+				if err != nil || code != 200 {
+					failures.Add(1)
+					t.Logf("request: status %d err %v", code, err)
+				}
+			}
+		}(c)
+	}
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d of %d requests failed", f, clients*each)
+	}
+	for i, b := range backends {
+		t.Logf("backend b%d: peak %d, cap %d, served %d", i, b.stub.peak.Load(), b.cap, b.stub.served.Load())
+		if p := b.stub.peak.Load(); p > int64(b.cap) {
+			t.Errorf("backend b%d had %d requests in flight at once, max_inflight %d", i, p, b.cap)
+		}
+	}
+	if served := backends[0].stub.served.Load() + backends[1].stub.served.Load(); served != clients*each {
+		t.Errorf("backends served %d requests, want %d (none lost or doubled)", served, clients*each)
+	}
+	waitFor(t, "every lease released", 5*time.Second, func() bool { return leaseCount(t, srv) == 0 })
+}
+
+// TestFleetReplicaKilledHoldingSlots: a replica killed with kill -9 while it
+// holds every slot blocks the others only until its leases expire.
+func TestFleetReplicaKilledHoldingSlots(t *testing.T) {
+	srv := redistest.Start(t)
+	st := newStub(t, 10*time.Millisecond)
+	gws := startFleet(t, srv.URL(), []fleetBackend{{st, 2}}, 3)
+
+	st.hold.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		go func() { _, _ = gws[0].chat(ctx) }()
+	}
+	waitFor(t, "replica 0 to hold both slots", 10*time.Second, func() bool { return st.cur.Load() == 2 })
+	st.hold.Store(false)
+
+	// Replica 1's request must wait: the fleet is full.
+	result := make(chan error, 1)
+	go func() {
+		code, err := gws[1].chat(context.Background())
+		if err == nil && code != 200 {
+			err = fmt.Errorf("status %d", code)
+		}
+		result <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	select {
+	case err := <-result:
+		t.Fatalf("replica 1 was served while replica 0 held every slot (err %v)", err)
+	default:
+	}
+
+	killed := time.Now()
+	gws[0].kill()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("replica 1's request after the kill: %v", err)
+		}
+	case <-time.After(10 * fleetLease):
+		t.Fatalf("replica 1 still not served %v after replica 0 was killed (lease %v)", 10*fleetLease, fleetLease)
+	}
+	t.Logf("capacity back %v after kill -9 (lease %v, heartbeat 200ms)", time.Since(killed).Round(time.Millisecond), fleetLease)
+	if p := st.peak.Load(); p > 2 {
+		t.Errorf("peak %d over max_inflight 2", p)
+	}
+	waitFor(t, "every lease released", 5*time.Second, func() bool { return leaseCount(t, srv) == 0 })
+}
+
+// runLoad keeps workers busy on every replica until stop is closed and
+// returns the statuses seen.
+func runLoad(gws []*gateway, workers int, stop <-chan struct{}) (wait func() (ok, failed int64, errs []string)) {
+	var wg sync.WaitGroup
+	var okN, failN atomic.Int64
+	var mu sync.Mutex
+	var errs []string
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, err := gws[(w+i)%len(gws)].chat(context.Background())
+				if err != nil || code != 200 {
+					failN.Add(1)
+					mu.Lock()
+					if len(errs) < 10 {
+						errs = append(errs, fmt.Sprintf("status %d err %v", code, err))
+					}
+					mu.Unlock()
+					continue
+				}
+				okN.Add(1)
+			}
+		}(w)
+	}
+	return func() (int64, int64, []string) {
+		wg.Wait()
+		return okN.Load(), failN.Load(), errs
+	}
+}
+
+// TestFleetRedisRestartUnderLoad: Redis dies (SHUTDOWN NOSAVE) and comes back
+// empty while three replicas serve; no request fails because of it, the cap
+// holds through both transitions, and the counts resync.
+func TestFleetRedisRestartUnderLoad(t *testing.T) {
+	srv := redistest.Start(t)
+	backends := []fleetBackend{{newStub(t, 20*time.Millisecond), 4}, {newStub(t, 20*time.Millisecond), 4}}
+	gws := startFleet(t, srv.URL(), backends, 3)
+
+	stop := make(chan struct{})
+	wait := runLoad(gws, 24, stop)
+	time.Sleep(time.Second)
+	srv.Stop()
+	time.Sleep(1500 * time.Millisecond)
+	srv.Restart()
+	time.Sleep(3 * fleetLease) // local for a lease after the data loss, then shared again
+	close(stop)
+	ok, failed, errs := wait()
+	t.Logf("served %d requests across the outage", ok)
+	if failed != 0 {
+		t.Fatalf("%d requests failed across the Redis restart: %v", failed, errs)
+	}
+	for i, b := range backends {
+		t.Logf("backend b%d: peak %d, cap %d", i, b.stub.peak.Load(), b.cap)
+		if p := b.stub.peak.Load(); p > int64(b.cap) {
+			t.Errorf("backend b%d had %d requests in flight at once, max_inflight %d", i, p, b.cap)
+		}
+	}
+	// Shared again: a burst now is bounded fleet-wide by the Redis counts.
+	for _, b := range backends {
+		b.stub.peak.Store(0)
+	}
+	stop2 := make(chan struct{})
+	wait2 := runLoad(gws, 24, stop2)
+	time.Sleep(time.Second)
+	close(stop2)
+	if _, failed, errs := wait2(); failed != 0 {
+		t.Fatalf("%d requests failed after the resync: %v", failed, errs)
+	}
+	for i, b := range backends {
+		if p := b.stub.peak.Load(); p > int64(b.cap) {
+			t.Errorf("after resync backend b%d peaked at %d, max_inflight %d", i, p, b.cap)
+		}
+	}
+	waitFor(t, "every lease released", 5*time.Second, func() bool { return leaseCount(t, srv) == 0 })
+}
+
+// TestFleetRedisPaused: with Redis alive but not answering (CLIENT PAUSE),
+// requests keep being served without waiting out the pause.
+func TestFleetRedisPaused(t *testing.T) {
+	srv := redistest.Start(t)
+	backends := []fleetBackend{{newStub(t, 10*time.Millisecond), 6}, {newStub(t, 10*time.Millisecond), 6}}
+	gws := startFleet(t, srv.URL(), backends, 3)
+
+	const pause = 5 * time.Second
+	srv.Pause(pause)
+	paused := time.Now()
+	var wg sync.WaitGroup
+	var slowest atomic.Int64
+	var failures atomic.Int64
+	for w := 0; w < 12; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				start := time.Now()
+				code, err := gws[(w+i)%len(gws)].chat(context.Background())
+				took := time.Since(start)
+				for {
+					s := slowest.Load()
+					if int64(took) <= s || slowest.CompareAndSwap(s, int64(took)) {
+						break
+					}
+				}
+				if err != nil || code != 200 {
+					failures.Add(1)
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	elapsed := time.Since(paused)
+	t.Logf("120 requests during a %v pause took %v; slowest %v", pause, elapsed.Round(time.Millisecond), time.Duration(slowest.Load()).Round(time.Millisecond))
+	if failures.Load() != 0 {
+		t.Fatalf("%d requests failed while Redis was paused", failures.Load())
+	}
+	if elapsed >= pause-time.Second {
+		t.Fatalf("requests took %v: they waited out the %v pause", elapsed, pause)
+	}
+	for i, b := range backends {
+		if p := b.stub.peak.Load(); p > int64(b.cap) {
+			t.Errorf("backend b%d peaked at %d, max_inflight %d", i, p, b.cap)
+		}
+	}
+	// CLIENT UNPAUSE would itself wait behind the pause; let it run out.
+	waitFor(t, "every lease released", pause+10*time.Second, func() bool { return leaseCount(t, srv) == 0 })
+}

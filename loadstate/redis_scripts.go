@@ -1,0 +1,215 @@
+package loadstate
+
+import "github.com/redis/go-redis/v9"
+
+// The Lua scripts of the Redis store. Each runs atomically on the server, takes
+// every key it touches in KEYS (all in the pool's hash slot) and reads time
+// from Redis's clock (TIME), never from the replicas', so leases expire at the
+// same moment for every replica. Scores are expiry times in Unix milliseconds.
+//
+// Epoch: each script that decides on counts first checks the pool's epoch key.
+// A Redis that restarted empty has none: the first script to notice sets the
+// caller's fresh candidate, and every replica whose trusted epoch differs learns
+// that the counts in Redis lack leases that are still in flight.
+
+// acquireScript takes a slot on the first candidate with room.
+//
+//	KEYS[1]    epoch key
+//	KEYS[2..]  lease set of each candidate, in rank order
+//	ARGV[1]    lease member
+//	ARGV[2]    lease length, ms
+//	ARGV[3]    epoch the caller trusts ("" when it has none yet)
+//	ARGV[4]    epoch to create when Redis has none
+//	ARGV[5]    pub/sub channel
+//	ARGV[5+i]  capacity of the i-th candidate
+//	ARGV[5+n+i] name of the i-th candidate (for announcements)
+//
+// It drops expired leases from every candidate (announcing the freed slots:
+// rare, as it takes a dead replica or a leak), returns the candidate already
+// holding this member if any (idempotent), else adds the member to the first
+// candidate whose live lease count is below its capacity. Reply:
+// {chosen index (0-based; -1 = none has room), epoch, count of each candidate}
+// or {-2, epoch} when the epoch differs from the trusted one (nothing taken).
+var acquireScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch, 'PX', 86400000)
+end
+if ARGV[3] ~= '' and epoch ~= ARGV[3] then
+  return {-2, epoch}
+end
+local member, lease = ARGV[1], tonumber(ARGV[2])
+local n = #KEYS - 1
+local counts = {}
+local chosen = -1
+for i = 1, n do
+  local key = KEYS[i + 1]
+  if redis.call('ZREMRANGEBYSCORE', key, '-inf', now) > 0 then
+    redis.call('PUBLISH', ARGV[5], ARGV[5 + n + i] .. '\0')
+  end
+  if chosen < 0 and redis.call('ZSCORE', key, member) then
+    chosen = i - 1
+  end
+  counts[i] = redis.call('ZCARD', key)
+end
+if chosen < 0 then
+  for i = 1, n do
+    if counts[i] < tonumber(ARGV[5 + i]) then
+      redis.call('ZADD', KEYS[i + 1], now + lease, member)
+      redis.call('PEXPIRE', KEYS[i + 1], 2 * lease)
+      counts[i] = counts[i] + 1
+      chosen = i - 1
+      break
+    end
+  end
+end
+local reply = {chosen, epoch}
+for i = 1, n do
+  reply[i + 2] = counts[i]
+end
+return reply
+`)
+
+// releaseScript removes a batch of leases and announces freed slots.
+//
+//	KEYS[i]     lease set of the i-th lease
+//	ARGV[1]     pub/sub channel
+//	ARGV[2]     this replica's id (appended to each announcement)
+//	ARGV[2+i]   member of the i-th lease
+//	ARGV[2+n+i] backend name of the i-th lease
+//
+// Each backend that lost at least one lease is published once, as
+// "<backend>\0<replica id>". Reply: {leases removed, announcements}.
+var releaseScript = redis.NewScript(`
+local n = #KEYS
+local removed, published = 0, 0
+local freed = {}
+for i = 1, n do
+  if redis.call('ZREM', KEYS[i], ARGV[2 + i]) == 1 then
+    removed = removed + 1
+    freed[ARGV[2 + n + i]] = true
+  end
+end
+for backend in pairs(freed) do
+  redis.call('PUBLISH', ARGV[1], backend .. '\0' .. ARGV[2])
+  published = published + 1
+end
+return {removed, published}
+`)
+
+// renewScript extends one lease to a full lease from now, only if Redis still
+// has it (ZADD XX): a renewal racing with the release of the same lease must
+// never bring it back. A lease Redis lost is re-added by resync instead, which
+// runs in order with releases.
+//
+//	KEYS[1]  lease set
+//	ARGV[1]  lease length, ms
+//	ARGV[2]  lease member
+//
+// Reply: 1 when extended, 0 when Redis no longer has the lease.
+var renewScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', now + lease, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 2 * lease)
+return 1
+`)
+
+// readdScript (re-)adds leases with a full lease from now, whether or not
+// Redis still has them: after an outage or a data loss, this replica's requests
+// that are still in flight must be counted by the fleet again, whatever the
+// capacity says. It runs only on the background goroutine, in order with
+// releases, so it cannot resurrect a released lease.
+//
+//	KEYS[i]    lease set of the i-th lease
+//	ARGV[1]    lease length, ms
+//	ARGV[1+i]  member of the i-th lease
+//
+// Reply: how many leases Redis no longer had.
+var readdScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+local added = 0
+for i = 1, #KEYS do
+  added = added + redis.call('ZADD', KEYS[i], now + lease, ARGV[1 + i])
+  redis.call('PEXPIRE', KEYS[i], 2 * lease)
+end
+return added
+`)
+
+// heartbeatScript registers this replica as alive, drops replicas that missed
+// their heartbeats for a whole lease, reclaims expired leases of the known
+// backends (announcing the freed slots, since no release will) and reports the
+// pool's state.
+//
+//	KEYS[1]    epoch key
+//	KEYS[2]    live replicas (sorted set)
+//	KEYS[3]    replica info (hash)
+//	KEYS[4]    known backends (set)
+//	KEYS[4+i]  lease set of the i-th known backend
+//	ARGV[1]    replica id
+//	ARGV[2]    replica info (encoded)
+//	ARGV[3]    lease length, ms
+//	ARGV[4]    epoch the caller trusts ("" when none)
+//	ARGV[5]    epoch to create when Redis has none
+//	ARGV[6]    pub/sub channel
+//	ARGV[6+i]  name of the i-th known backend
+//
+// Reply: {epoch, Redis time in ms, live replica ids, count of each backend,
+// ids of replicas found dead}.
+var heartbeatScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('SET', KEYS[1], epoch, 'PX', 86400000)
+else
+  redis.call('PEXPIRE', KEYS[1], 86400000)
+end
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - lease))
+if #dead > 0 then
+  redis.call('ZREM', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[3], unpack(dead))
+end
+redis.call('PEXPIRE', KEYS[2], 10 * lease)
+redis.call('PEXPIRE', KEYS[3], 10 * lease)
+local live = redis.call('ZRANGE', KEYS[2], 0, -1)
+local counts = {}
+for i = 5, #KEYS do
+  local backend = ARGV[2 + i]
+  if redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) > 0 then
+    -- no origin: every replica, this one included, wakes its waiters
+    redis.call('PUBLISH', ARGV[6], backend .. '\0')
+  end
+  counts[i - 4] = redis.call('ZCARD', KEYS[i])
+  redis.call('SADD', KEYS[4], backend)
+end
+if #KEYS > 4 then
+  redis.call('PEXPIRE', KEYS[4], 86400000)
+end
+return {epoch, now, live, counts, dead}
+`)
+
+// countScript returns the live lease count of each given lease set (expired
+// leases are not counted, whether or not they were dropped yet).
+var countScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local counts = {}
+for i = 1, #KEYS do
+  counts[i] = redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf')
+end
+return counts
+`)
