@@ -1,11 +1,10 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"strconv"
 	"strings"
 
 	"github.com/modelrouter/modelrouter/engine"
@@ -33,101 +32,54 @@ var errNotObject = errors.New("request body must be a JSON object")
 // routing by one while the upstream reads the other would bypass the router.
 func classify(body []byte, kind engine.Kind) (classified, *apiError) {
 	c := classified{req: engine.Request{Kind: kind}, modelStart: -1}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return c, malformed(err)
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
-		return c, malformed(errNotObject)
-	}
-	seenModel := false
-	for dec.More() {
-		keyTok, err := dec.Token()
-		if err != nil {
+	s := jsonScanner{b: body}
+	switch s.peek() {
+	case '{':
+	case 0:
+		return c, malformed(errUnexpectedEnd)
+	default:
+		if _, err := s.value(); err != nil {
 			return c, malformed(err)
 		}
-		key, _ := keyTok.(string)
-		switch {
-		case strings.EqualFold(key, "model"):
-			if seenModel || key != "model" {
-				return c, invalidRequest(400, "invalid_request_body", "model", `the body must have exactly one "model" key, in lower case`)
-			}
-			seenModel = true
-			before := dec.InputOffset()
-			v, err := dec.Token()
+		return c, malformed(errNotObject)
+	}
+	s.i++
+	s.depth = 1
+	seenModel := false
+	if s.peek() == '}' {
+		s.i++
+	} else {
+		for {
+			ks, ke, kesc, err := s.str()
 			if err != nil {
 				return c, malformed(err)
 			}
-			s, ok := v.(string)
-			if !ok {
-				return c, invalidRequest(400, "invalid_type", "model", `"model" must be a string`)
-			}
-			c.req.Model = s
-			c.modelEnd = int(dec.InputOffset())
-			c.modelStart = bytes.IndexByte(body[before:c.modelEnd], '"') + int(before)
-		case key == "stream":
-			v, err := dec.Token()
-			if err != nil {
-				return c, malformed(err)
-			}
-			switch b := v.(type) {
-			case bool:
-				c.req.Stream = b
-			case nil:
-			default:
-				if d, ok := v.(json.Delim); ok {
-					if err := skip(dec, d, 1); err != nil {
-						return c, malformed(err)
-					}
-				}
-				return c, invalidRequest(400, "invalid_type", "stream", `"stream" must be a boolean`)
-			}
-		case key == "max_tokens" || key == "max_completion_tokens" || key == "max_output_tokens":
-			v, err := dec.Token()
-			if err != nil {
-				return c, malformed(err)
-			}
-			switch n := v.(type) {
-			case json.Number:
-				i, err := n.Int64()
-				if err != nil || i < 0 {
-					return c, invalidRequest(400, "invalid_value", key, fmt.Sprintf("%q must be a non-negative integer", key))
-				}
-				c.req.MaxTokens = int(min(i, 1<<31-1))
-			case nil:
-			default:
-				if d, ok := v.(json.Delim); ok {
-					if err := skip(dec, d, 1); err != nil {
-						return c, malformed(err)
-					}
-				}
-				return c, invalidRequest(400, "invalid_type", key, fmt.Sprintf("%q must be an integer", key))
-			}
-		case key == "messages" || key == "prompt" || key == "input" || key == "instructions" || key == "system":
-			n, err := countText(dec)
-			if err != nil {
-				return c, malformed(err)
-			}
-			c.req.PromptTokens += estimateTokens(n)
-		default:
-			v, err := dec.Token()
-			if err != nil {
-				return c, malformed(err)
-			}
-			if d, ok := v.(json.Delim); ok {
-				if err := skip(dec, d, 1); err != nil {
+			key := body[ks:ke]
+			if kesc {
+				k, err := unquote(body, ks, ke, kesc)
+				if err != nil {
 					return c, malformed(err)
 				}
+				key = []byte(k)
 			}
+			if err := s.expect(':', "after object key"); err != nil {
+				return c, malformed(err)
+			}
+			if apiErr := c.field(&s, key, &seenModel); apiErr != nil {
+				return c, apiErr
+			}
+			if ch := s.peek(); ch == ',' {
+				s.i++
+				continue
+			} else if ch == '}' {
+				s.i++
+				break
+			}
+			return c, malformed(s.syntaxErr("after object key:value pair"))
 		}
 	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return c, malformed(err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return c, malformed(errors.New("unexpected data after the JSON object"))
+	if s.peek() != 0 {
+		return c, malformed(s.syntaxErr("after top-level value"))
 	}
 	if !seenModel || c.req.Model == "" {
 		return c, invalidRequest(400, "missing_model", "model", `you must provide a model parameter`)
@@ -135,75 +87,87 @@ func classify(body []byte, kind engine.Kind) (classified, *apiError) {
 	return c, nil
 }
 
-// estimateTokens turns a byte count into a token estimate: about four bytes a
-// token for English text with BPE tokenizers, rounded up.
-func estimateTokens(bytes int) int { return (bytes + 3) / 4 }
-
-// countText walks one JSON value and returns the bytes of text in its string
-// values (object keys are structure, not prompt).
-func countText(dec *json.Decoder) (int, error) {
-	total, depth := 0, 0
-	// inObject[d] says the container at depth d is an object; keyNext[d] that
-	// its next token is a key.
-	var inObject, keyNext [maxJSONDepth + 1]bool
-	for {
-		tok, err := dec.Token()
+// field reads the value of one top-level key.
+func (c *classified) field(s *jsonScanner, key []byte, seenModel *bool) *apiError {
+	switch k := string(key); { // no allocation: the conversion only feeds comparisons
+	case strings.EqualFold(k, "model"):
+		if *seenModel || k != "model" {
+			return invalidRequest(400, "invalid_request_body", "model", `the body must have exactly one "model" key, in lower case`)
+		}
+		*seenModel = true
+		if s.peek() != '"' {
+			if _, err := s.value(); err != nil {
+				return malformed(err)
+			}
+			return invalidRequest(400, "invalid_type", "model", `"model" must be a string`)
+		}
+		c.modelStart = s.i
+		start, end, escaped, err := s.str()
 		if err != nil {
-			return 0, err
+			return malformed(err)
 		}
-		isKey := depth > 0 && inObject[depth] && keyNext[depth]
-		if depth > 0 && inObject[depth] {
-			keyNext[depth] = !keyNext[depth]
+		c.modelEnd = s.i
+		if c.req.Model, err = unquote(s.b, start, end, escaped); err != nil {
+			return malformed(err)
 		}
-		switch t := tok.(type) {
-		case json.Delim:
-			switch t {
-			case '{', '[':
-				depth++
-				if depth > maxJSONDepth {
-					return 0, errTooDeep
-				}
-				inObject[depth], keyNext[depth] = t == '{', true
-			default:
-				depth--
-				if depth > 0 && inObject[depth] {
-					// the container we just closed was a value: a key comes next
-					keyNext[depth] = true
-				}
+	case k == "stream":
+		switch s.peek() {
+		case 't':
+			c.req.Stream = true
+			return malformedIf(s.literal("true"))
+		case 'f':
+			return malformedIf(s.literal("false"))
+		case 'n':
+			return malformedIf(s.literal("null"))
+		}
+		if _, err := s.value(); err != nil {
+			return malformed(err)
+		}
+		return invalidRequest(400, "invalid_type", "stream", `"stream" must be a boolean`)
+	case k == "max_tokens" || k == "max_completion_tokens" || k == "max_output_tokens":
+		switch ch := s.peek(); {
+		case ch == 'n':
+			return malformedIf(s.literal("null"))
+		case ch == '-' || isDigit(ch):
+			start, end, integer, err := s.number()
+			if err != nil {
+				return malformed(err)
 			}
-		case string:
-			if !isKey {
-				total += len(t)
+			n, perr := strconv.ParseInt(string(s.b[start:end]), 10, 64)
+			if !integer || perr != nil || n < 0 {
+				return invalidRequest(400, "invalid_value", k, fmt.Sprintf("%q must be a non-negative integer", k))
 			}
+			c.req.MaxTokens = int(min(n, 1<<31-1))
+		default:
+			if _, err := s.value(); err != nil {
+				return malformed(err)
+			}
+			return invalidRequest(400, "invalid_type", k, fmt.Sprintf("%q must be an integer", k))
 		}
-		if depth == 0 {
-			return total, nil
-		}
-	}
-}
-
-var errTooDeep = fmt.Errorf("JSON nested deeper than %d levels", maxJSONDepth)
-
-// skip consumes the rest of a value whose opening delimiter was just read.
-func skip(dec *json.Decoder, _ json.Delim, depth int) error {
-	for depth > 0 {
-		tok, err := dec.Token()
+	case k == "messages" || k == "prompt" || k == "input" || k == "instructions" || k == "system":
+		n, err := s.value()
 		if err != nil {
-			return err
+			return malformed(err)
 		}
-		if d, ok := tok.(json.Delim); ok {
-			if d == '{' || d == '[' {
-				depth++
-				if depth > maxJSONDepth {
-					return errTooDeep
-				}
-			} else {
-				depth--
-			}
+		c.req.PromptTokens += estimateTokens(n)
+	default:
+		if _, err := s.value(); err != nil {
+			return malformed(err)
 		}
 	}
 	return nil
 }
+
+func malformedIf(err error) *apiError {
+	if err != nil {
+		return malformed(err)
+	}
+	return nil
+}
+
+// estimateTokens turns a byte count into a token estimate: about four bytes a
+// token for English text with BPE tokenizers, rounded up.
+func estimateTokens(bytes int) int { return (bytes + 3) / 4 }
 
 func malformed(err error) *apiError {
 	return invalidRequest(400, "invalid_json", "", "the request body is not valid JSON: "+err.Error())

@@ -99,11 +99,21 @@ func FuzzClassify(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	f.Add([]byte(`{"model":"m","max_tokens":1e2,"stream":false,"x":[true,null,-0.5e-3,"\u00e9\n"]}`))
+	f.Add([]byte("{\"model\":\"m\"}\n\t "))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		c, apiErr := classify(body, engine.KindChat)
 		if apiErr != nil {
 			if apiErr.Status != 400 {
 				t.Fatalf("status %d for a bad body", apiErr.Status)
+			}
+			// The scanner must not be stricter than encoding/json, but for
+			// its nesting limit and the top level being an object.
+			if apiErr.Code == "invalid_json" && json.Valid(body) && !strings.Contains(apiErr.Message, "nested deeper") {
+				var obj map[string]any
+				if json.Unmarshal(body, &obj) == nil {
+					t.Fatalf("rejected valid JSON object %q: %s", body, apiErr.Message)
+				}
 			}
 			return
 		}

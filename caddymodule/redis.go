@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/debug"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -101,7 +102,12 @@ type pooledClient struct{ redis.UniversalClient }
 
 func (p pooledClient) Destruct() error { return p.Close() }
 
+// redisLogOnce routes go-redis's own log lines (one per failed dial during an
+// outage, otherwise on stderr) into Caddy's logs, once per process.
+var redisLogOnce sync.Once
+
 func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
+	redisLogOnce.Do(func() { redis.SetLogger(loadstate.RedisLogger(caddy.Log())) })
 	cfg := h.Redis.clientConfig(caddy.NewReplacer())
 	keyBytes, _ := json.Marshal(cfg)
 	clientKey := string(keyBytes)

@@ -25,8 +25,9 @@ import (
 const (
 	// ModeRedis: counts come from Redis and are exact fleet-wide.
 	ModeRedis = "redis"
-	// ModeLocal: Redis is down, or came back without its data and is not
-	// trusted yet; this replica admits its share of each backend.
+	// ModeLocal: Redis is down (fail_local), or answered again only moments
+	// ago or came back without its data and is not trusted yet (fail_local and
+	// fail_closed): this replica admits at most its share of each backend.
 	ModeLocal = "local"
 	// ModeClosed: Redis is down and on_redis_down is fail_closed: nothing is
 	// admitted.

@@ -44,9 +44,6 @@ func admitAll(t *testing.T, s Store, prefix string, slot Slot) []string {
 func snapshotIs(s Store, want map[string]int) func() bool {
 	return func() bool {
 		snap, err := s.Snapshot(context.Background())
-		if testing.Verbose() {
-			fmt.Printf("snapshot %v %v (want %v)\n", snap, err, want)
-		}
 		if err != nil || len(snap) != len(want) {
 			return false
 		}

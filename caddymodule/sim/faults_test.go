@@ -175,16 +175,18 @@ func TestAbortMidstream(t *testing.T) {
 		}
 	})
 
-	t.Run("non-stream", func(t *testing.T) {
-		req, _ := http.NewRequest("POST", srv.URL+"/v1/completions", strings.NewReader(`{}`))
-		req.Header.Set(FaultHeader, FaultAbortMidstream)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
-			resp.Body.Close()
-			t.Fatalf("aborted request answered %d", resp.StatusCode)
-		}
-	})
+	for _, path := range []string{"/v1/completions", "/v1/embeddings"} {
+		t.Run("non-stream "+path, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(`{"input":"x"}`))
+			req.Header.Set(FaultHeader, FaultAbortMidstream)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+				t.Fatalf("aborted request answered %d", resp.StatusCode)
+			}
+		})
+	}
 
-	if st := h.state.Snapshot(); st.Failed != 2 || st.Inflight != 0 || st.Served != 0 {
+	if st := h.state.Snapshot(); st.Failed != 3 || st.Inflight != 0 || st.Served != 0 {
 		t.Errorf("stats = %+v", st)
 	}
 }

@@ -88,8 +88,16 @@ func (c *stepClock) wait(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// Step ends one pending or future delay, blocking until one takes it.
-func (c *stepClock) Step() { c.steps <- struct{}{} }
+// Step ends one pending or future delay, failing the test if the handler
+// does not reach one soon.
+func (c *stepClock) Step(t *testing.T) {
+	t.Helper()
+	select {
+	case c.steps <- struct{}{}:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler reached no delay within 10s")
+	}
+}
 
 // Open ends every delay, now and from now on.
 func (c *stepClock) Open() { c.once.Do(func() { close(c.opened) }) }

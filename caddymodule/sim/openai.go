@@ -544,3 +544,6 @@ func allowMethods(w http.ResponseWriter, r *http.Request, methods ...string) boo
 	writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed on %s", r.Method, r.URL.Path), "")
 	return false
 }
+
+// Interface guards
+var _ error = (*requestError)(nil)

@@ -250,9 +250,11 @@ func (h *Handler) serveInference(w http.ResponseWriter, r *http.Request, k kind)
 	}
 	req, err := parseRequest(k, body)
 	if err != nil {
-		var reqErr *requestError
-		errors.As(err, &reqErr)
-		fail(http.StatusBadRequest, err, reqErr.param)
+		var param string
+		if reqErr := (*requestError)(nil); errors.As(err, &reqErr) {
+			param = reqErr.param
+		}
+		fail(http.StatusBadRequest, err, param)
 		return
 	}
 	f, err := h.faultFor(r)

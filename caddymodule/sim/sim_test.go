@@ -454,20 +454,46 @@ func TestClientLeaves(t *testing.T) {
 	}
 }
 
-// TestCountedBeforeAnswered checks a request has left the counters by the
-// time its client has the whole answer, so a client that bounds its own
-// concurrency never sees the sim exceed that bound.
+// TestCountedBeforeAnswered checks a request has left the counters before
+// the last bytes of its answer are written: a client that has read the whole
+// answer may send its next request at once, and if it bounds its own
+// concurrency the sim must never seem to exceed that bound.
 func TestCountedBeforeAnswered(t *testing.T) {
 	h := provision(t, &Handler{Slots: 1, wait: noWait})
-	srv := serve(t, h)
-	for i := range 20 {
-		path, body := "/v1/chat/completions", `{"stream":`+map[bool]string{true: "true", false: "false"}[i%2 == 0]+`}`
-		resp := post(t, srv.URL+path, body)
-		readEvents(t, resp.Body)
-		if st := h.state.Snapshot(); st.Served != int64(i+1) || st.Inflight != 0 || st.PeakConcurrent != 1 {
-			t.Fatalf("after request %d: %+v", i+1, st)
+	for i, tc := range []struct{ path, body, last string }{
+		{"/v1/chat/completions", `{}`, `"chat.completion"`},
+		{"/v1/completions", `{}`, `"text_completion"`},
+		{"/v1/responses", `{}`, `"response"`},
+		{"/v1/embeddings", `{"input":"x"}`, `"embedding"`},
+		{"/v1/chat/completions", `{"stream":true}`, `"finish_reason":"stop"`},
+		{"/v1/completions", `{"stream":true}`, `"finish_reason":"stop"`},
+		{"/v1/responses", `{"stream":true}`, `response.completed`},
+	} {
+		w := &snapshotWriter{ResponseRecorder: httptest.NewRecorder(), last: tc.last, state: h.state}
+		_ = h.ServeHTTP(w, httptest.NewRequest("POST", tc.path, strings.NewReader(tc.body)), nil)
+		if w.atLast == nil {
+			t.Fatalf("%s %s: never wrote %s:\n%s", tc.path, tc.body, tc.last, w.Body)
+		}
+		if st := *w.atLast; st.Served != int64(i+1) || st.Inflight != 0 {
+			t.Errorf("%s %s: while writing its end the counters were %+v", tc.path, tc.body, st)
 		}
 	}
+}
+
+// snapshotWriter records the counters when the answer's ending is written.
+type snapshotWriter struct {
+	*httptest.ResponseRecorder
+	last   string
+	state  *simState
+	atLast *Stats
+}
+
+func (w *snapshotWriter) Write(p []byte) (int, error) {
+	if w.atLast == nil && strings.Contains(string(p), w.last) {
+		st := w.state.Snapshot()
+		w.atLast = &st
+	}
+	return w.ResponseRecorder.Write(p)
 }
 
 func TestStatsEndpointsAndSharing(t *testing.T) {

@@ -59,7 +59,7 @@ func (s *sseWriter) Send() error {
 }
 
 func (s *sseWriter) flush() error {
-	if err := error(nil); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	if err := s.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return fmt.Errorf("flushing stream events: %w", err)
 	}
 	return nil

@@ -2,10 +2,12 @@ package sim
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestChatStreamFormat(t *testing.T) {
@@ -154,14 +156,22 @@ func TestStreamFlushesEachEvent(t *testing.T) {
 	h := provision(t, &Handler{Tokens: 3, wait: clock.wait})
 	srv := serve(t, h)
 
-	// Headers come before the first token.
-	resp := post(t, srv.URL+"/v1/chat/completions", `{"stream":true}`)
+	// Headers come before the first token; if they were not flushed, this
+	// times out.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "POST", srv.URL+"/v1/chat/completions", strings.NewReader(`{"stream":true}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("waiting for headers: %v", err)
+	}
+	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 	}
 	r := bufio.NewReader(resp.Body)
 	for i := range 3 {
-		clock.Step() // TTFT, then PerToken
+		clock.Step(t) // TTFT, then PerToken
 		ev, err := readEvent(r)
 		if err != nil {
 			t.Fatalf("token %d: %v", i, err)
@@ -183,7 +193,7 @@ func TestStreamStopsWhenClientLeaves(t *testing.T) {
 	h := provision(t, &Handler{Tokens: 1000, wait: clock.wait})
 	srv := serve(t, h)
 	resp := post(t, srv.URL+"/v1/chat/completions", `{"stream":true}`)
-	clock.Step()
+	clock.Step(t)
 	if _, err := readEvent(bufio.NewReader(resp.Body)); err != nil {
 		t.Fatal(err)
 	}

@@ -352,10 +352,16 @@ func TestFleetRedisRestartUnderLoad(t *testing.T) {
 	if failed != 0 {
 		t.Fatalf("%d requests failed across the Redis restart: %v", failed, errs)
 	}
+	// The one bound the transitions leave open (loadstate.RedisStore's doc):
+	// slots other replicas took in the last moments before Redis went away
+	// are not in this replica's last view of the fleet, so on the way into
+	// local mode a backend may briefly get up to one replica's share
+	// (⌈cap ÷ replicas⌉) on top of its cap. Measured and asserted here.
 	for i, b := range backends {
-		t.Logf("backend b%d: peak %d, cap %d", i, b.stub.peak.Load(), b.cap)
-		if p := b.stub.peak.Load(); p > int64(b.cap) {
-			t.Errorf("backend b%d had %d requests in flight at once, max_inflight %d", i, p, b.cap)
+		bound := b.cap + (b.cap+len(gws)-1)/len(gws)
+		t.Logf("backend b%d: peak %d across the outage, cap %d, stated bound %d", i, b.stub.peak.Load(), b.cap, bound)
+		if p := b.stub.peak.Load(); p > int64(bound) {
+			t.Errorf("backend b%d had %d requests in flight at once, over the bound %d (max_inflight %d)", i, p, bound, b.cap)
 		}
 	}
 	// Shared again: a burst now is bounded fleet-wide by the Redis counts.
