@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -219,4 +220,45 @@ func get(t *testing.T, url string) (*http.Response, []byte) {
 		t.Fatal(err)
 	}
 	return do(t, req)
+}
+
+// TestIntegrationUpstreamCredentials: a backend's api_key (here from an
+// environment placeholder) is what the upstream sees as Authorization; the
+// client's own credentials for the gateway never reach an upstream. A body
+// sent chunked, without a Content-Length, is routed like any other.
+func TestIntegrationUpstreamCredentials(t *testing.T) {
+	t.Setenv("MR_IT_UPSTREAM_KEY", "sk-upstream-from-env")
+	keyed := newUpstream(t, "keyed", 0, false)
+	g := startGateway(t, gatewayOptions{}, `
+{{url "gw"}} {
+	model_router {
+		pool {{.Pool}}
+		backend keyed {{index .Up "keyed"}} {
+			models m=vendor/m
+			max_inflight 2
+			api_key {env.MR_IT_UPSTREAM_KEY}
+		}
+	}
+}
+`, map[string]string{"keyed": keyed.srv.URL})
+
+	req, err := http.NewRequest(http.MethodPost, g.url("gw")+"/v1/chat/completions",
+		io.MultiReader(strings.NewReader(chatBody("m")))) // unknown length: sent chunked
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer client-key-for-the-gateway")
+	resp, body := do(t, req)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	bodies, heads := keyed.received()
+	if got := heads[0].Get("Authorization"); got != "Bearer sk-upstream-from-env" {
+		t.Errorf("upstream Authorization %q, want the backend's api_key", got)
+	}
+	if !strings.Contains(string(bodies[0]), `"model":"vendor/m"`) {
+		t.Errorf("upstream body %s", bodies[0])
+	}
+	g.waitIdle()
 }

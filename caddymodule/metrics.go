@@ -3,10 +3,12 @@ package caddymodule
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/loadstate"
 )
 
@@ -67,6 +69,65 @@ var theMetrics = sync.OnceValue(func() *metrics {
 		}),
 	}
 })
+
+// statusClasses are the values of the requests_total status label.
+var statusClasses = [...]string{"aborted", "499", "2xx", "3xx", "4xx", "5xx"}
+
+func statusClassIndex(status int) int {
+	switch {
+	case status == 0:
+		return 0
+	case status == 499:
+		return 1
+	case status < 300:
+		return 2
+	case status < 400:
+		return 3
+	case status < 500:
+		return 4
+	default:
+		return 5
+	}
+}
+
+const kindCount = 4 // engine.KindChat .. engine.KindResponse
+
+// backendMetrics holds one backend's series, looked up once at Provision
+// rather than by label values on every request.
+type backendMetrics struct {
+	inflight prometheus.Gauge
+	duration prometheus.Observer
+	ttft     prometheus.Observer
+	retries  prometheus.Counter
+	// requests are created on first use, so that /metrics lists only the
+	// kind and status combinations that happened.
+	requests [kindCount][len(statusClasses)]atomic.Pointer[prometheus.Counter]
+	name     string
+}
+
+func (m *metrics) forBackend(name string) *backendMetrics {
+	return &backendMetrics{
+		name:     name,
+		inflight: m.inflight.WithLabelValues(name),
+		duration: m.duration.WithLabelValues(name),
+		ttft:     m.ttft.WithLabelValues(name),
+		retries:  m.retries.WithLabelValues(name),
+	}
+}
+
+func (b *backendMetrics) request(m *metrics, kind engine.Kind, status int) {
+	k, c := int(kind), statusClassIndex(status)
+	if k >= kindCount {
+		k = 0
+	}
+	p := b.requests[k][c].Load()
+	if p == nil {
+		counter := m.requests.WithLabelValues(b.name, kind.String(), statusClasses[c])
+		p = &counter
+		b.requests[k][c].Store(p)
+	}
+	(*p).Inc()
+}
 
 func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	m := theMetrics()

@@ -104,7 +104,10 @@ type Handler struct {
 	stopWatch func()
 	leaseIDs  leaseIDs
 	metrics   *metrics
-	logger    *zap.Logger
+	bmetrics  []*backendMetrics // per backend, same order as backends
+	// headerValues are the X-Model-Router-Backend values, built once.
+	headerValues [][]string
+	logger       *zap.Logger
 }
 
 // BackendConfig is one backend model server.
@@ -280,6 +283,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()
 	h.metrics = registerMetrics(ctx.GetMetricsRegistry(), h.logger)
+	for i := range h.backends {
+		h.bmetrics = append(h.bmetrics, h.metrics.forBackend(h.backends[i].Name))
+		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
+	}
 	return nil
 }
 

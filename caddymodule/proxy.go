@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -94,9 +95,10 @@ var noNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) erro
 // when the first body byte went out (time to first token for streams).
 type attemptWriter struct {
 	http.ResponseWriter
-	header  http.Header
-	backend string
-	start   time.Time
+	header       http.Header
+	backend      string
+	backendValue []string // the X-Model-Router-Backend value, shared per backend
+	start        time.Time
 
 	swallow5xx  bool // a retry is possible: hide a 5xx from the client
 	status      int
@@ -105,27 +107,58 @@ type attemptWriter struct {
 	firstByte   time.Duration
 	written     int64
 
-	// idle is the stream idle timeout: once the response started, a backend
-	// silent for this long has onIdle called (it cancels the attempt).
-	idle      time.Duration
+	// idle watches for a backend that goes silent mid-response.
+	idle *idleWatch
+}
+
+func (a *attemptWriter) reset(w http.ResponseWriter, backend string, backendValue []string, start time.Time, swallow bool) {
+	*a = attemptWriter{ResponseWriter: w, header: make(http.Header, 8), backend: backend, backendValue: backendValue,
+		start: start, swallow5xx: swallow, firstByte: -1}
+}
+
+// idleWatch is the stream idle timeout of one attempt: once the response
+// started, a backend silent for the whole timeout has onIdle called (it
+// cancels the attempt). Writes only stamp the time; the timer, when it fires,
+// re-arms itself for whatever is left, so no timer is reset per write.
+type idleWatch struct {
+	timeout   time.Duration
 	onIdle    func()
-	idleTimer *time.Timer
+	timer     *time.Timer
+	lastWrite atomic.Int64 // unix nanos
+	writing   atomic.Bool  // time spent writing to a slow client is not the backend's
 }
 
-func (a *attemptWriter) reset(w http.ResponseWriter, backend string, start time.Time, swallow bool) {
-	*a = attemptWriter{ResponseWriter: w, header: make(http.Header), backend: backend, start: start, swallow5xx: swallow, firstByte: -1}
-}
-
-// watchIdle arms the stream idle timeout for this attempt: onIdle runs when
-// the backend sends nothing for d after its response headers.
+// watchIdle sets the stream idle timeout for this attempt; the clock starts
+// with the response headers.
 func (a *attemptWriter) watchIdle(d time.Duration, onIdle func()) {
-	a.idle, a.onIdle = d, onIdle
+	if d > 0 {
+		a.idle = &idleWatch{timeout: d, onIdle: onIdle}
+	}
+}
+
+func (w *idleWatch) start() {
+	w.lastWrite.Store(time.Now().UnixNano())
+	w.timer = time.AfterFunc(time.Duration(1<<62), w.check)
+	w.timer.Reset(w.timeout) // armed once w.timer is set, so check always sees it
+}
+
+func (w *idleWatch) check() {
+	if w.writing.Load() {
+		w.timer.Reset(w.timeout)
+		return
+	}
+	silent := time.Duration(time.Now().UnixNano() - w.lastWrite.Load())
+	if silent < w.timeout {
+		w.timer.Reset(w.timeout - silent)
+		return
+	}
+	w.onIdle()
 }
 
 // stopIdle disarms the stream idle timeout at the end of the attempt.
 func (a *attemptWriter) stopIdle() {
-	if a.idleTimer != nil {
-		a.idleTimer.Stop()
+	if a.idle != nil && a.idle.timer != nil {
+		a.idle.timer.Stop()
 	}
 }
 
@@ -142,8 +175,8 @@ func (a *attemptWriter) WriteHeader(code int) {
 	}
 	a.wroteHeader = true
 	a.status = code
-	if a.idle > 0 && a.onIdle != nil {
-		a.idleTimer = time.AfterFunc(a.idle, a.onIdle)
+	if a.idle != nil {
+		a.idle.start()
 	}
 	if code >= 500 && a.swallow5xx {
 		a.discarded = true
@@ -151,7 +184,7 @@ func (a *attemptWriter) WriteHeader(code int) {
 	}
 	dst := a.ResponseWriter.Header()
 	copyHeader(dst, a.header)
-	dst.Set(backendHeader, a.backend)
+	dst[backendHeader] = a.backendValue
 	a.ResponseWriter.WriteHeader(code)
 }
 
@@ -159,10 +192,13 @@ func (a *attemptWriter) Write(p []byte) (int, error) {
 	if !a.wroteHeader {
 		a.WriteHeader(http.StatusOK)
 	}
-	if a.idleTimer != nil {
+	if w := a.idle; w != nil && w.timer != nil {
 		// The backend is sending: the idle clock starts again after this write.
-		a.idleTimer.Stop()
-		defer a.idleTimer.Reset(a.idle)
+		w.writing.Store(true)
+		defer func() {
+			w.lastWrite.Store(time.Now().UnixNano())
+			w.writing.Store(false)
+		}()
 	}
 	if a.discarded {
 		return len(p), nil
@@ -194,11 +230,13 @@ func (a *attemptWriter) Unwrap() http.ResponseWriter { return a.ResponseWriter }
 // committed reports whether anything of this attempt reached the client.
 func (a *attemptWriter) committed() bool { return a.wroteHeader && !a.discarded }
 
+// copyHeader moves the attempt's headers to the client's writer. The value
+// slices are shared, not copied: the attempt's map is dropped right after.
 func copyHeader(dst, src http.Header) {
 	for k, vv := range src {
-		if strings.EqualFold(k, backendHeader) {
-			continue
+		if k == backendHeader {
+			continue // ours, set from config; an upstream's copy is dropped
 		}
-		dst[k] = append(dst[k][:0:0], vv...)
+		dst[k] = vv
 	}
 }

@@ -27,9 +27,8 @@ const (
 // now is the clock, replaceable in tests.
 var now = time.Now
 
-// releaseTimeout bounds giving a slot back; it runs detached from the request's
-// context so a client that went away still gets its slot released.
-const releaseTimeout = 2 * time.Second
+// renewTimeout bounds one lease renewal of a long request.
+const renewTimeout = 2 * time.Second
 
 // waitPoll is how often a waiting request re-checks for room without a wake-up:
 // the safety net for wake-ups lost between a failed acquire and joining the queue,
@@ -115,15 +114,16 @@ func (l *lease) release() {
 		l.renew, l.done = nil, nil
 	}
 	name := l.h.backends[l.backend].Name
-	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-	err := l.h.store.Release(ctx, l.id, name)
-	cancel()
+	// Detached from the request: a client that went away still gets its slot
+	// released. Stores never block in Release (shared ones apply it in the
+	// background), so no timeout is needed here.
+	err := l.h.store.Release(context.Background(), l.id, name)
 	if err != nil {
 		if c := l.h.logger.Check(zapcore.WarnLevel, "releasing slot"); c != nil {
 			c.Write(zap.String("backend", name), zap.Error(err))
 		}
 	}
-	l.h.metrics.inflight.WithLabelValues(name).Set(float64(l.h.store.Inflight(name)))
+	l.h.bmetrics[l.backend].inflight.Set(float64(l.h.store.Inflight(name)))
 	l.backend = -1
 }
 
@@ -142,7 +142,7 @@ func (l *lease) keepAlive() {
 		if done.Load() {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
 		_ = store.Renew(ctx, id, backend)
 		cancel()
 		if !done.Load() {
@@ -196,10 +196,20 @@ func (h *Handler) readBody(r *http.Request) ([]byte, *apiError) {
 	if r.ContentLength > h.MaxBody {
 		return nil, invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "", "the request body is larger than the gateway accepts")
 	}
-	var buf bytes.Buffer
 	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
+		// The usual case: one exact allocation, then a check that the body
+		// really ends where the client said it would.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, invalidRequest(http.StatusBadRequest, "invalid_body", "", "reading the request body failed")
+		}
+		var probe [1]byte
+		if n, _ := r.Body.Read(probe[:]); n > 0 {
+			return nil, invalidRequest(http.StatusBadRequest, "invalid_body", "", "the request body is longer than its Content-Length")
+		}
+		return body, nil
 	}
+	var buf bytes.Buffer
 	n, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxBody+1))
 	if err != nil {
 		return nil, invalidRequest(http.StatusBadRequest, "invalid_body", "", "reading the request body failed")
@@ -363,9 +373,7 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 		// The acquire may have run on the server before the error: release the
 		// id on every candidate so no slot is left behind.
 		for _, s := range slots {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
-			_ = h.store.Release(rctx, rt.id, s.Backend)
-			cancel()
+			_ = h.store.Release(context.WithoutCancel(ctx), rt.id, s.Backend)
 		}
 		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
 	}
@@ -376,7 +384,7 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 	rt.lease.backend = b
 	rt.lease.keepAlive()
 	name := h.backends[b].Name
-	h.metrics.inflight.WithLabelValues(name).Set(float64(h.store.Inflight(name)))
+	h.bmetrics[b].inflight.Set(float64(h.store.Inflight(name)))
 	return b, nil
 }
 
@@ -392,15 +400,17 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 		// Runs on panics too (the proxy aborts broken streams with
 		// http.ErrAbortHandler, which must propagate).
 		rt.logFields(r, backend, attempts, aw)
-		h.metrics.requests.WithLabelValues(h.backends[backend].Name, rt.req.Kind.String(), statusClass(status)).Inc()
-		h.metrics.duration.WithLabelValues(h.backends[backend].Name).Observe(now().Sub(rt.start).Seconds())
+		rt.recordTTFT(backend, aw)
+		bm := h.bmetrics[backend]
+		bm.request(h.metrics, rt.req.Kind, status)
+		bm.duration.Observe(now().Sub(rt.start).Seconds())
 	}()
 	for {
 		attempts++
 		name := h.backends[backend].Name
 		canRetry := attempts <= h.Retries && rt.alternativeExists(backend)
 		attemptStart := now()
-		aw.reset(w, name, attemptStart, canRetry)
+		aw.reset(w, name, h.headerValues[backend], attemptStart, canRetry)
 		rt.setBody(r, backend)
 		status = 0
 		err := rt.attempt(aw, r, backend)
@@ -416,7 +426,7 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 			h.health.Fail(name, now())
 		} else {
 			h.health.Succeed(name)
-			rt.record(backend, attemptStart, aw)
+			rt.record(backend, attemptStart)
 		}
 		if failed && !aw.committed() && canRetry {
 			if rt.tried == nil {
@@ -424,7 +434,7 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 			}
 			rt.tried.Add(backend)
 			rt.lease.release()
-			h.metrics.retries.WithLabelValues(name).Inc()
+			h.bmetrics[backend].retries.Inc()
 			rt.loadPool()
 			ranked, _ := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
 			rt.sc.cands = ranked
@@ -496,15 +506,20 @@ func (rt *routing) setBody(r *http.Request, backend int) {
 	r.TransferEncoding = nil
 }
 
-// record feeds a successful attempt's latency into the sketches and metrics.
-func (rt *routing) record(backend int, attemptStart time.Time, aw *attemptWriter) {
-	h := rt.h
-	name := h.backends[backend].Name
-	h.sketches.Record(name, loadstate.EndToEnd, now().Sub(attemptStart))
-	if rt.req.Stream && aw.firstByte >= 0 {
-		h.sketches.Record(name, loadstate.TTFT, aw.firstByte)
-		h.metrics.ttft.WithLabelValues(name).Observe(aw.firstByte.Seconds())
+// record feeds a successful attempt's end-to-end latency into the sketches.
+func (rt *routing) record(backend int, attemptStart time.Time) {
+	rt.h.sketches.Record(rt.h.backends[backend].Name, loadstate.EndToEnd, now().Sub(attemptStart))
+}
+
+// recordTTFT feeds a stream's time to first token into the sketches and
+// metrics. It runs however the request ended: a client that hangs up right
+// after the last event still got its first token when it got it.
+func (rt *routing) recordTTFT(backend int, aw *attemptWriter) {
+	if !rt.req.Stream || aw.firstByte < 0 || !aw.committed() || aw.status >= 500 {
+		return
 	}
+	rt.h.sketches.Record(rt.h.backends[backend].Name, loadstate.TTFT, aw.firstByte)
+	rt.h.bmetrics[backend].ttft.Observe(aw.firstByte.Seconds())
 }
 
 // logFields adds routing facts to Caddy's access log entry.
@@ -513,11 +528,11 @@ func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attempt
 	if !ok {
 		return
 	}
-	extra.Set(zap.String("model_router_backend", rt.h.backends[backend].Name))
-	extra.Set(zap.Int("model_router_attempts", attempts))
-	extra.Set(zap.Duration("model_router_queue_wait", rt.wait))
+	extra.Add(zap.String("model_router_backend", rt.h.backends[backend].Name))
+	extra.Add(zap.Int("model_router_attempts", attempts))
+	extra.Add(zap.Duration("model_router_queue_wait", rt.wait))
 	if aw.firstByte >= 0 {
-		extra.Set(zap.Duration("model_router_ttft", aw.firstByte))
+		extra.Add(zap.Duration("model_router_ttft", aw.firstByte))
 	}
 }
 
@@ -527,21 +542,4 @@ func errorStatus(err error) int {
 		return he.StatusCode
 	}
 	return http.StatusBadGateway
-}
-
-func statusClass(status int) string {
-	switch {
-	case status == 0:
-		return "aborted"
-	case status == 499:
-		return "499"
-	case status < 300:
-		return "2xx"
-	case status < 400:
-		return "3xx"
-	case status < 500:
-		return "4xx"
-	default:
-		return "5xx"
-	}
 }

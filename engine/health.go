@@ -2,6 +2,7 @@ package engine
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,6 +30,12 @@ type Health struct {
 
 	mu    sync.Mutex
 	state map[string]healthState
+
+	// Lock-free fast paths for the common case of a healthy fleet, read on
+	// every request: how many backends have any failure recorded, and the
+	// latest end of any cooldown (unix nanos).
+	tracked     atomic.Int64
+	latestUntil atomic.Int64
 }
 
 // healthState is one backend's breaker. A backend with no entry is healthy.
@@ -66,21 +73,32 @@ func (h *Health) Fail(backend string, now time.Time) {
 	}
 	if st.fails >= h.maxFails {
 		st.until = now.Add(h.cooldown)
+		if u := st.until.UnixNano(); u > h.latestUntil.Load() {
+			h.latestUntil.Store(u)
+		}
 	}
 	h.state[backend] = st
+	h.tracked.Store(int64(len(h.state)))
 }
 
 // Succeed records a successful request on backend: it resets the failure count
 // and closes the breaker. A success proves the backend answers, so it also ends
 // a cooldown early.
 func (h *Health) Succeed(backend string) {
+	if h.tracked.Load() == 0 {
+		return
+	}
 	h.mu.Lock()
 	delete(h.state, backend)
+	h.tracked.Store(int64(len(h.state)))
 	h.mu.Unlock()
 }
 
 // CoolingDown reports whether backend is put aside at now.
 func (h *Health) CoolingDown(backend string, now time.Time) bool {
+	if now.UnixNano() >= h.latestUntil.Load() {
+		return false // no cooldown reaches this far
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st, ok := h.state[backend]

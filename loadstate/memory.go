@@ -12,8 +12,8 @@ import (
 // lease dies with the process, so leases need no expiry.
 type MemoryStore struct {
 	mu       sync.Mutex
-	backends map[string]*memoryBackend
-	leases   map[string]string // lease id → backend holding it
+	backends atomic.Pointer[map[string]*memoryBackend] // copy on write: Inflight reads it without the lock
+	leases   map[string]string                         // lease id → backend holding it
 
 	watchers watchers
 }
@@ -24,18 +24,24 @@ type memoryBackend struct {
 
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore() *MemoryStore {
-	return &MemoryStore{
-		backends: make(map[string]*memoryBackend),
-		leases:   make(map[string]string),
-	}
+	m := &MemoryStore{leases: make(map[string]string)}
+	m.backends.Store(&map[string]*memoryBackend{})
+	return m
 }
 
+// backend returns a backend's counter, adding it (under m.mu) on first use.
 func (m *MemoryStore) backend(name string) *memoryBackend {
-	b := m.backends[name]
-	if b == nil {
-		b = new(memoryBackend)
-		m.backends[name] = b
+	cur := *m.backends.Load()
+	if b := cur[name]; b != nil {
+		return b
 	}
+	next := make(map[string]*memoryBackend, len(cur)+1)
+	for k, v := range cur {
+		next[k] = v
+	}
+	b := new(memoryBackend)
+	next[name] = b
+	m.backends.Store(&next)
 	return b
 }
 
@@ -87,9 +93,7 @@ func (m *MemoryStore) Renew(context.Context, string, string) error { return nil 
 
 // Inflight implements Store.
 func (m *MemoryStore) Inflight(backend string) int {
-	m.mu.Lock()
-	b := m.backends[backend]
-	m.mu.Unlock()
+	b := (*m.backends.Load())[backend]
 	if b == nil {
 		return 0
 	}
@@ -100,8 +104,9 @@ func (m *MemoryStore) Inflight(backend string) int {
 func (m *MemoryStore) Snapshot(context.Context) (map[string]int, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make(map[string]int, len(m.backends))
-	for name, b := range m.backends {
+	cur := *m.backends.Load()
+	out := make(map[string]int, len(cur))
+	for name, b := range cur {
 		if n := b.inflight.Load(); n != 0 {
 			out[name] = int(n)
 		}

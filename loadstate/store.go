@@ -25,7 +25,8 @@ type Store interface {
 
 	// Release gives the lease back. Releasing a lease that is not held (already
 	// released, expired, never taken) is not an error and changes nothing.
-	// Stores that share state may apply it asynchronously: the slot is free in
+	// Release must not block on I/O, whatever ctx allows: it runs on every
+	// request's way out. Stores that share state may apply it asynchronously: the slot is free in
 	// this replica's counts at once and for Acquire shortly after; Watch
 	// callbacks fire once it is.
 	Release(ctx context.Context, id, backend string) error

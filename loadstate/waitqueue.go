@@ -3,6 +3,7 @@ package loadstate
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrQueueFull is returned by WaitQueue.Enter when max_queue requests already wait.
@@ -42,6 +43,7 @@ type WaitQueue struct {
 	mu         sync.Mutex
 	head, tail *Ticket
 	n, max     int
+	waiting    atomic.Int64 // n, readable without the lock: releases check it on every request
 }
 
 // Ticket is one waiting request's place in a WaitQueue.
@@ -74,6 +76,7 @@ func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
 	}
 	q.tail = t
 	q.n++
+	q.waiting.Store(int64(q.n))
 	return t, nil
 }
 
@@ -110,6 +113,7 @@ func (q *WaitQueue) Leave(t *Ticket) {
 	}
 	t.prev, t.next = nil, nil
 	q.n--
+	q.waiting.Store(int64(q.n))
 	if t.woken >= 0 {
 		q.notifyLocked(t.woken)
 	}
@@ -118,6 +122,9 @@ func (q *WaitQueue) Leave(t *Ticket) {
 // Notify wakes the oldest waiter that can use backend i and has no wake-up
 // pending. It reports whether it woke one.
 func (q *WaitQueue) Notify(i int) bool {
+	if q.waiting.Load() == 0 {
+		return false // the usual case: nobody waits, no lock taken
+	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.notifyLocked(i)
@@ -165,8 +172,4 @@ func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
 }
 
 // Len returns how many requests wait.
-func (q *WaitQueue) Len() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.n
-}
+func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
