@@ -310,7 +310,12 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 	defer timer.Stop()
 	poll := time.NewTicker(waitPoll)
 	defer poll.Stop()
+	// A waiter that looks for room on its own (on joining, on a poll) leaves
+	// backends that an older waiter wants to that waiter. A waiter woken by
+	// a release does not: the queue picked it, oldest first, for that slot,
+	// and an older waiter with a wake of its own has a slot of its own.
 	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
+	skip = claimedAhead
 	for {
 		rt.loadPool()
 		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
@@ -318,14 +323,16 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 		if eligible == 0 {
 			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
 		}
-		i, apiErr := rt.tryAcquire(ctx, ranked, claimedAhead)
+		i, apiErr := rt.tryAcquire(ctx, ranked, skip)
 		h.queue.Consumed(ticket)
 		if i >= 0 || apiErr != nil {
 			return i, apiErr
 		}
 		select {
 		case <-ticket.C():
+			skip = nil
 		case <-poll.C:
+			skip = claimedAhead
 		case <-timer.C:
 			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
 		case <-ctx.Done():
