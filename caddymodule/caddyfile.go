@@ -89,7 +89,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.MaxWait = v
 		case "max_queue":
-			v, err := intArg(d, 0)
+			// At least 1: zero would read as "use the default". To answer
+			// at once instead of waiting, set a short max_wait.
+			v, err := intArg(d, 1)
 			if err != nil {
 				return err
 			}

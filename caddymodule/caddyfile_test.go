@@ -64,7 +64,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 	}{
 		{"unknown option", "bogus 1\n" + backend, `unknown model_router option "bogus"`, 2},
 		{"bad number", "max_queue lots\n" + backend, "not a whole number", 2},
-		{"negative queue", "max_queue -1\n" + backend, "at least 0", 2},
+		{"negative queue", "max_queue -1\n" + backend, "at least 1", 2},
+		{"zero queue", "max_queue 0\n" + backend, "at least 1", 2},
 		{"bad duration", "max_wait soon\n" + backend, "positive duration", 2},
 		{"zero duration", "max_wait 0s\n" + backend, "positive duration", 2},
 		{"bad size", "max_body huge\n" + backend, "not a size", 2},

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // loadClient is an HTTP client that keeps a connection per concurrent
@@ -197,7 +195,7 @@ func TestIntegrationConcurrencyNeverReachesFullSim(t *testing.T) {
 	t.Logf("s1 %d requests peak %d; s2 %d requests peak %d", s1.Requests, s1.PeakConcurrent, s2.Requests, s2.PeakConcurrent)
 	g.waitIdle()
 	for _, b := range []string{"s1", "s2"} {
-		if v := metricValue(t, theMetrics().inflight.WithLabelValues(b).(prometheus.Metric)); v != 0 {
+		if v := inflightGauge(t, g.pool, b); v != 0 {
 			t.Errorf("in-flight gauge for %s is %v after every request ended", b, v)
 		}
 	}

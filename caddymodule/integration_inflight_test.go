@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
 )
 
 // inflightCaddyfile: backend s is a quick sim, long is a sim whose streams
@@ -101,7 +99,7 @@ func TestIntegrationInflightReleased(t *testing.T) {
 		t.Helper()
 		g.waitIdle()
 		for _, b := range []string{"s", "long", "dead", "silent"} {
-			if v := metricValue(t, theMetrics().inflight.WithLabelValues(b).(prometheus.Metric)); v != 0 {
+			if v := inflightGauge(t, g.pool, b); v != 0 {
 				t.Errorf("in-flight gauge for %s is %v after every request ended", b, v)
 			}
 		}

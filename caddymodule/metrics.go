@@ -22,7 +22,6 @@ type metrics struct {
 	retries    *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
 	ttft       *prometheus.HistogramVec
-	inflight   *prometheus.GaugeVec
 	queueDepth prometheus.Gauge
 	queueWait  prometheus.Histogram
 }
@@ -54,10 +53,6 @@ var theMetrics = sync.OnceValue(func() *metrics {
 		ttft: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "time_to_first_token_seconds",
 			Help: "Time from sending a streamed request to the backend to its first byte.", Buckets: latencyBuckets,
-		}, []string{"backend"}),
-		inflight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "inflight_requests",
-			Help: "Requests in flight per backend, fleet-wide as last seen by this replica.",
 		}, []string{"backend"}),
 		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
@@ -95,7 +90,6 @@ const kindCount = 4 // engine.KindChat .. engine.KindResponse
 // backendMetrics holds one backend's series, looked up once at Provision
 // rather than by label values on every request.
 type backendMetrics struct {
-	inflight prometheus.Gauge
 	duration prometheus.Observer
 	ttft     prometheus.Observer
 	retries  prometheus.Counter
@@ -108,7 +102,6 @@ type backendMetrics struct {
 func (m *metrics) forBackend(name string) *backendMetrics {
 	return &backendMetrics{
 		name:     name,
-		inflight: m.inflight.WithLabelValues(name),
 		duration: m.duration.WithLabelValues(name),
 		ttft:     m.ttft.WithLabelValues(name),
 		retries:  m.retries.WithLabelValues(name),
@@ -134,7 +127,7 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	if reg == nil {
 		return m
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.rejected, m.retries, m.duration, m.ttft, m.inflight, m.queueDepth, m.queueWait, storeCollector{}} {
+	for _, c := range []prometheus.Collector{m.requests, m.rejected, m.retries, m.duration, m.ttft, m.queueDepth, m.queueWait, storeCollector{}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -145,12 +138,17 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	return m
 }
 
-// storeCollector reports the shared load stores at scrape time: whether each
-// pool's replica is on Redis or degraded to local state (the alert), how many
-// replicas it sees, and its Redis command counts by purpose.
+// storeCollector reports the load stores at scrape time: every backend's
+// in-flight count (read then, so it can never be left stale by racing
+// updates), and for Redis stores whether the replica is on Redis or degraded
+// to local state (the alert), how many replicas it sees, and its Redis command
+// counts by purpose.
 type storeCollector struct{}
 
 var (
+	inflightDesc = prometheus.NewDesc(namespace+"_inflight_requests",
+		"Requests in flight per backend: fleet-wide as last seen by this replica with Redis, this replica's own without.",
+		[]string{"pool", "backend"}, nil)
 	storeModeDesc = prometheus.NewDesc(namespace+"_load_state_mode",
 		"1 for the mode the pool's load state is in: redis, local (Redis unreachable, admitting this replica's share), closed or open.",
 		[]string{"pool", "mode"}, nil)
@@ -165,6 +163,7 @@ var (
 )
 
 func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- inflightDesc
 	ch <- storeModeDesc
 	ch <- storeDegradedDesc
 	ch <- replicasDesc
@@ -178,11 +177,14 @@ func (storeCollector) Collect(ch chan<- prometheus.Metric) {
 		if !ok || seen[ps.pool] {
 			return true
 		}
+		for _, b := range ps.backendNames() {
+			ch <- prometheus.MustNewConstMetric(inflightDesc, prometheus.GaugeValue, float64(ps.store.Inflight(b)), ps.pool, b)
+		}
+		seen[ps.pool] = true
 		rs, ok := ps.store.(*loadstate.RedisStore)
 		if !ok {
 			return true
 		}
-		seen[ps.pool] = true
 		st := rs.Stats()
 		for _, m := range []string{loadstate.ModeRedis, loadstate.ModeLocal, loadstate.ModeClosed, loadstate.ModeOpen} {
 			ch <- prometheus.MustNewConstMetric(storeModeDesc, prometheus.GaugeValue, boolFloat(st.Mode == m), ps.pool, m)

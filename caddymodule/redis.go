@@ -162,6 +162,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 	}
 	ps := v.(*pooledStore)
 	h.store, h.sketches = ps.store, ps.sketches
+	ps.addBackends(h.backendNames())
 	return nil
 }
 

@@ -123,7 +123,6 @@ func (l *lease) release() {
 			c.Write(zap.String("backend", name), zap.Error(err))
 		}
 	}
-	l.h.bmetrics[l.backend].inflight.Set(float64(l.h.store.Inflight(name)))
 	l.backend = -1
 }
 
@@ -390,8 +389,6 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 	b := idx[i]
 	rt.lease.backend = b
 	rt.lease.keepAlive()
-	name := h.backends[b].Name
-	h.bmetrics[b].inflight.Set(float64(h.store.Inflight(name)))
 	return b, nil
 }
 
@@ -426,8 +423,11 @@ func (rt *routing) proxy(w http.ResponseWriter, r *http.Request, backend int) er
 			status = errorStatus(err)
 		}
 		failed := status >= 500 || (err != nil && !aw.committed())
-		if status == 499 || errors.Is(r.Context().Err(), context.Canceled) {
-			return nil // the client left; not the backend's fault
+		if status == 499 || ((err != nil || failed) && errors.Is(r.Context().Err(), context.Canceled)) {
+			// The client left before the answer was complete: not the
+			// backend's fault. (A client that hangs up once the whole
+			// answer is through is a success, and is recorded as one.)
+			return nil
 		}
 		if failed {
 			h.health.Fail(name, now())

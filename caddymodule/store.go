@@ -2,6 +2,8 @@ package caddymodule
 
 import (
 	"fmt"
+	"sort"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -18,6 +20,31 @@ type pooledStore struct {
 	store    loadstate.Store
 	sketches *loadstate.Sketches
 	close    func() error
+
+	mu       sync.Mutex
+	backends map[string]bool // every backend a router of this store was configured with, for metrics
+}
+
+func (p *pooledStore) addBackends(names []string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.backends == nil {
+		p.backends = make(map[string]bool)
+	}
+	for _, n := range names {
+		p.backends[n] = true
+	}
+}
+
+func (p *pooledStore) backendNames() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.backends))
+	for n := range p.backends {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (p *pooledStore) Destruct() error {
@@ -40,6 +67,7 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	}
 	ps := v.(*pooledStore)
 	h.store, h.sketches = ps.store, ps.sketches
+	ps.addBackends(h.backendNames())
 	return nil
 }
 
@@ -47,4 +75,12 @@ func (h *Handler) releaseStore() {
 	if h.storeKey != "" {
 		_, _ = stores.Delete(h.storeKey)
 	}
+}
+
+func (h *Handler) backendNames() []string {
+	out := make([]string, len(h.Backends))
+	for i, b := range h.Backends {
+		out[i] = b.Name
+	}
+	return out
 }

@@ -583,3 +583,32 @@ func send(ctx context.Context, client *http.Client, url, body string, header ...
 	b, err := io.ReadAll(resp.Body)
 	return result{status: resp.StatusCode, header: resp.Header, body: b, err: err, took: time.Since(start)}
 }
+
+// inflightGauge scrapes model_router_inflight_requests{pool,backend} from the
+// store collector, as Prometheus would; a missing series fails the test.
+func inflightGauge(t *testing.T, pool, backend string) float64 {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 256)
+	go func() { storeCollector{}.Collect(ch); close(ch) }()
+	found, value := false, 0.0
+	for m := range ch {
+		if m.Desc() != inflightDesc {
+			continue
+		}
+		var out dto.Metric
+		if err := m.Write(&out); err != nil {
+			t.Fatalf("reading metric: %v", err)
+		}
+		labels := map[string]string{}
+		for _, l := range out.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["pool"] == pool && labels["backend"] == backend {
+			found, value = true, out.GetGauge().GetValue()
+		}
+	}
+	if !found {
+		t.Fatalf("no in-flight series for pool %s backend %s", pool, backend)
+	}
+	return value
+}
