@@ -315,12 +315,20 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 	// and an older waiter with a wake of its own has a slot of its own.
 	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
 	skip = claimedAhead
+	woken := false
 	for {
 		rt.loadPool()
 		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
 		rt.sc.cands = ranked
 		if eligible == 0 {
 			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+		}
+		if woken {
+			// A release just happened, maybe on another replica, which this
+			// replica's view of the counts may not show yet: let the store,
+			// which decides atomically, check the full ones too.
+			ranked = rt.appendFull(ranked, wants)
+			rt.sc.cands = ranked
 		}
 		i, apiErr := rt.tryAcquire(ctx, ranked, skip)
 		h.queue.Consumed(ticket)
@@ -329,15 +337,38 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 		}
 		select {
 		case <-ticket.C():
-			skip = nil
+			skip, woken = nil, true
 		case <-poll.C:
-			skip = claimedAhead
+			// Polls trust the local view: no store round trip unless it
+			// shows room.
+			skip, woken = claimedAhead, false
 		case <-timer.C:
 			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
 		case <-ctx.Done():
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
 		}
 	}
+}
+
+// appendFull adds to ranked the backends in wants that it lacks (those the
+// view shows full), after the ranked ones.
+func (rt *routing) appendFull(ranked []engine.Candidate, wants loadstate.BackendSet) []engine.Candidate {
+	for i := range rt.h.backends {
+		if !wants.Has(i) {
+			continue
+		}
+		in := false
+		for _, c := range ranked {
+			if c.Index == i {
+				in = true
+				break
+			}
+		}
+		if !in && !rt.pool.Loads[i].CoolingDown {
+			ranked = append(ranked, engine.Candidate{Index: i})
+		}
+	}
+	return ranked
 }
 
 func (rt *routing) full(msg string) *apiError {
