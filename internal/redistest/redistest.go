@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/modelrouter/modelrouter/internal/childproc"
 )
 
 // startTimeout bounds how long a server may take to accept connections; a
@@ -133,7 +135,7 @@ func (s *Server) launch() error {
 	out := &lockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Dir = s.dir
-	if err := startProcess(cmd); err != nil {
+	if err := childproc.Start(cmd, false); err != nil {
 		return fmt.Errorf("running %s: %w", s.bin, err)
 	}
 	done := make(chan struct{})

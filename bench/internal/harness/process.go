@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/modelrouter/modelrouter/internal/childproc"
 )
 
 // startTimeout bounds how long a process may take to accept connections; a
@@ -49,7 +51,7 @@ func (h *Harness) Start(name, bin string, args, env []string) (*Process, error) 
 		logFile.Close()
 		return nil, err
 	}
-	if err := startProcess(cmd); err != nil {
+	if err := childproc.Start(cmd, true); err != nil {
 		logFile.Close()
 		close(p.exited)
 		return nil, fmt.Errorf("starting %s: %w", name, err)
