@@ -80,20 +80,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "overhead: -concurrency, -rounds, -duration and -upstreams must be positive")
 		os.Exit(2)
 	}
-	h, err := harness.New("overhead", o.keep)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "overhead:", err)
-		os.Exit(1)
-	}
-	err = run(h, o)
-	h.Close()
-	if h.Interrupted() {
-		os.Exit(130)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "overhead:", err)
-		os.Exit(1)
-	}
+	harness.Main("overhead", o.keep, func(h *harness.Harness) error { return run(h, o) })
 }
 
 func run(h *harness.Harness, o options) error {

@@ -95,20 +95,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive; -stream in [0,1]")
 		os.Exit(2)
 	}
-	h, err := harness.New("quality", o.keep)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "quality:", err)
-		os.Exit(1)
-	}
-	err = run(h, o)
-	h.Close()
-	if h.Interrupted() {
-		os.Exit(130)
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "quality:", err)
-		os.Exit(1)
-	}
+	harness.Main("quality", o.keep, func(h *harness.Harness) error { return run(h, o) })
 }
 
 func run(h *harness.Harness, o options) error {

@@ -100,3 +100,22 @@ func (h *Harness) track(p *Process) error {
 	h.procs = append(h.procs, p)
 	return nil
 }
+
+// Main runs a benchmark program's body in a new harness and exits: 130 when
+// interrupted, 1 on an error (printed with the program's name), 0 otherwise.
+func Main(name string, keep bool, run func(*Harness) error) {
+	h, err := New(name, keep)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+	err = run(h)
+	h.Close()
+	if h.Interrupted() {
+		os.Exit(130)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		os.Exit(1)
+	}
+}
