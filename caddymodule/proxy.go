@@ -105,7 +105,6 @@ type attemptWriter struct {
 	wroteHeader bool
 	discarded   bool
 	firstByte   time.Duration
-	written     int64
 
 	// idle watches for a backend that goes silent mid-response.
 	idle *idleWatch
@@ -206,9 +205,7 @@ func (a *attemptWriter) Write(p []byte) (int, error) {
 	if a.firstByte < 0 && len(p) > 0 {
 		a.firstByte = time.Since(a.start)
 	}
-	n, err := a.ResponseWriter.Write(p)
-	a.written += int64(n)
-	return n, err
+	return a.ResponseWriter.Write(p)
 }
 
 // FlushError lets http.ResponseController flush through us; a discarded

@@ -81,18 +81,17 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 
 // routing is the state of one routed request.
 type routing struct {
-	h      *Handler
-	req    engine.Request
-	c      classified
-	body   []byte
-	id     string
-	start  time.Time
-	sc     *scratch
-	pool   engine.Pool
-	tried  loadstate.BackendSet
-	wait   time.Duration
-	lease  lease
-	logger *zap.Logger
+	h     *Handler
+	req   engine.Request
+	c     classified
+	body  []byte
+	id    string
+	start time.Time
+	sc    *scratch
+	pool  engine.Pool
+	tried loadstate.BackendSet
+	wait  time.Duration
+	lease lease
 }
 
 // lease is a held slot; release is idempotent.
@@ -172,7 +171,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	rt := &routing{h: h, req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next(), logger: h.logger}
+	rt := &routing{h: h, req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next()}
 	rt.lease = lease{h: h, id: rt.id, backend: -1}
 	defer rt.lease.release()
 
