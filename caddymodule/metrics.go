@@ -158,7 +158,7 @@ var (
 	replicasDesc = prometheus.NewDesc(namespace+"_live_replicas",
 		"Gateway replicas of the pool that heartbeat into Redis.", []string{"pool"}, nil)
 	redisCallsDesc = prometheus.NewDesc(namespace+"_redis_calls_total",
-		"Redis round trips by purpose: acquire (the one per request), release, renew, heartbeat, sketch_sync, resync, snapshot; errors and trips to local mode.",
+		"Redis round trips by purpose: acquire (the one per request), release (batched), renew, heartbeat, sketch_sync, resync, snapshot; also errors, trips to local mode, freed-slot notices received over pub/sub (wakeup_received) and acquires decided locally while Redis was down (local_decision).",
 		[]string{"pool", "kind"}, nil)
 )
 
@@ -195,6 +195,7 @@ func (storeCollector) Collect(ch chan<- prometheus.Metric) {
 			"acquire": st.HotPathCalls, "release": st.Releases, "renew": st.Renewals,
 			"heartbeat": st.Heartbeats, "sketch_sync": st.SketchSyncs, "resync": st.Resyncs,
 			"snapshot": st.Snapshots, "error": st.Errors, "trip": st.Trips,
+			"wakeup_received": st.Wakeups, "local_decision": st.LocalDecisions,
 		} {
 			ch <- prometheus.MustNewConstMetric(redisCallsDesc, prometheus.CounterValue, float64(n), ps.pool, kind)
 		}
