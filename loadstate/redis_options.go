@@ -201,6 +201,13 @@ func ClientOptions(cfg RedisConfig) (*redis.UniversalOptions, error) {
 		o.Password = cfg.Password
 	}
 
+	if o.Protocol == 0 {
+		// RESP2: with RESP3 (go-redis's default) every command first checks
+		// the connection for pending push notifications, which costs the
+		// request path CPU for a feature the store does not use (pub/sub has
+		// its own connection).
+		o.Protocol = 2
+	}
 	o.MaxRetries = -1      // no retries: the budget is one attempt
 	o.MinRetryBackoff = -1 // and no backoff sleeps
 	o.MaxRetryBackoff = -1
