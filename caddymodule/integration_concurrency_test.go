@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/modelrouter/modelrouter/caddymodule/sim"
 )
 
 // loadClient is an HTTP client that keeps a connection per concurrent
@@ -184,7 +186,7 @@ func TestIntegrationConcurrencyNeverReachesFullSim(t *testing.T) {
 	if s1.Requests+s2.Requests != clients*perClient {
 		t.Errorf("sims saw %d requests, want %d", s1.Requests+s2.Requests, clients*perClient)
 	}
-	for _, st := range []simStats{s1, s2} {
+	for _, st := range []sim.Stats{s1, s2} {
 		if st.ReachedFull != 0 {
 			t.Errorf("%d requests reached %s while all its slots were busy", st.ReachedFull, st.Name)
 		}

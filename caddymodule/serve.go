@@ -303,6 +303,11 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 		h.metrics.queueDepth.Dec()
 		rt.wait = now().Sub(waitStart)
 		h.metrics.queueWait.Observe(rt.wait.Seconds())
+		if rt.lease.backend >= 0 {
+			// Room this waiter did not take (two slots freed, one wake)
+			// must not sit idle behind it until the next release.
+			h.wakeForRoom()
+		}
 	}()
 	timer := time.NewTimer(time.Duration(h.MaxWait))
 	defer timer.Stop()
@@ -345,6 +350,19 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
 		case <-ctx.Done():
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+		}
+	}
+}
+
+// wakeForRoom wakes, for every backend the local view shows with room, the
+// oldest waiter that can use it and has no wake pending.
+func (h *Handler) wakeForRoom() {
+	if h.queue.Len() == 0 {
+		return
+	}
+	for i := range h.backends {
+		if h.store.Inflight(h.backends[i].Name) < h.backends[i].MaxInflight {
+			h.queue.Notify(i)
 		}
 	}
 }

@@ -29,7 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
-	_ "github.com/modelrouter/modelrouter/caddymodule/sim" // model_router_sim
+	"github.com/modelrouter/modelrouter/caddymodule/sim" // model_router_sim, and its stats type
 	"github.com/modelrouter/modelrouter/loadstate"
 )
 
@@ -277,14 +277,14 @@ func (g *gateway) waitHeld(backend string, n int) {
 }
 
 // simStats reads GET /sim/stats of the sim on the named port.
-func (g *gateway) simStats(port string) simStats {
+func (g *gateway) simStats(port string) sim.Stats {
 	g.t.Helper()
 	resp, err := http.Get(g.url(port) + "/sim/stats")
 	if err != nil {
 		g.t.Fatalf("reading sim stats: %v", err)
 	}
 	defer resp.Body.Close()
-	var st simStats
+	var st sim.Stats
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		g.t.Fatalf("decoding sim stats: %v", err)
 	}
@@ -304,20 +304,6 @@ func (g *gateway) armSimFault(port, mode string, count int) {
 	if resp.StatusCode != http.StatusOK {
 		g.t.Fatalf("arming sim fault: %s", resp.Status)
 	}
-}
-
-// simStats mirrors sim.Stats (GET /sim/stats).
-type simStats struct {
-	Name           string `json:"name"`
-	Requests       int64  `json:"requests"`
-	ReachedFull    int64  `json:"reached_full"`
-	PeakInflight   int64  `json:"peak_inflight"`
-	PeakConcurrent int64  `json:"peak_concurrent"`
-	Inflight       int64  `json:"inflight"`
-	Queued         int64  `json:"queued"`
-	Served         int64  `json:"served"`
-	Failed         int64  `json:"failed"`
-	Canceled       int64  `json:"canceled"`
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
