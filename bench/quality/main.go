@@ -15,7 +15,7 @@
 // latency percentiles, failures, requests that reached a full backend (from
 // the sims' own counters) and ratios against the stock baseline.
 //
-//	go run ./bench/quality [-requests 1500] [-rounds 3] [-load 0.85] [-replicas 3 -redis 127.0.0.1:6390]
+//	go run ./bench/quality [-requests 3000] [-rounds 6] [-load 0.85] [-replicas 3 -redis 127.0.0.1:6390]
 package main
 
 import (
@@ -77,8 +77,8 @@ func (c *contender) name() string { return "(" + c.key + ")" }
 
 func main() {
 	var o options
-	flag.IntVar(&o.requests, "requests", 1500, "requests per contender, the same arrivals for each")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds; the requests are cut into this many chunks and contenders take turns on each")
+	flag.IntVar(&o.requests, "requests", 3000, "requests per contender, the same arrivals for each")
+	flag.IntVar(&o.rounds, "rounds", 6, "rounds; the requests are cut into this many chunks and contenders take turns on each")
 	flag.Float64Var(&o.load, "load", 0.85, "arrival rate as a share of total capacity (Σ slots ÷ service time)")
 	flag.Float64Var(&o.stream, "stream", 0.5, "share of requests that stream")
 	flag.Uint64Var(&o.seed, "seed", 1, "seed of the arrival times and of which requests stream")
