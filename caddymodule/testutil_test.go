@@ -222,9 +222,9 @@ func (g *gateway) reload(tmpl string) error {
 func (g *gateway) pooled() *pooledStore {
 	g.t.Helper()
 	var ps *pooledStore
-	stores.Range(func(key, value any) bool {
-		if key == "memory:"+g.pool {
-			ps = value.(*pooledStore)
+	stores.Range(func(_, value any) bool {
+		if p := value.(*pooledStore); p.pool == g.pool {
+			ps = p
 			return false
 		}
 		return true

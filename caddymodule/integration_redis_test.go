@@ -1,0 +1,128 @@
+package caddymodule
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/modelrouter/modelrouter/internal/redistest"
+)
+
+// storeMetric scrapes one series of the store collector, as Prometheus would,
+// and reports whether it exists.
+func storeMetric(t *testing.T, desc *prometheus.Desc, labels map[string]string) (float64, bool) {
+	t.Helper()
+	ch := make(chan prometheus.Metric, 512)
+	go func() { storeCollector{}.Collect(ch); close(ch) }()
+	value, found := 0.0, false
+	for m := range ch {
+		if m.Desc() != desc {
+			continue
+		}
+		var out dto.Metric
+		if err := m.Write(&out); err != nil {
+			t.Fatalf("reading metric: %v", err)
+		}
+		match := true
+		got := map[string]string{}
+		for _, l := range out.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		for k, v := range labels {
+			if got[k] != v {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		found = true
+		switch {
+		case out.Gauge != nil:
+			value = out.Gauge.GetValue()
+		case out.Counter != nil:
+			value = out.Counter.GetValue()
+		}
+	}
+	return value, found
+}
+
+// TestIntegrationRedisStoreAndAlert: with a redis block the handler routes
+// through the shared store in a real Redis; when Redis goes away requests
+// keep being served from local state and the degraded metric (the alert)
+// rises; when Redis returns it falls again and the counts are shared anew.
+func TestIntegrationRedisStoreAndAlert(t *testing.T) {
+	srv := redistest.Start(t)
+	up := newUpstream(t, "a", 0, false)
+	g := startGateway(t, gatewayOptions{}, `
+{{url "gw"}} {
+	model_router {
+		pool {{.Pool}}
+		redis `+srv.URL()+` {
+			lease 1s
+			heartbeat 100ms
+			timeout 50ms
+		}
+		backend a {{index .Up "a"}} {
+			models m
+			max_inflight 2
+		}
+	}
+}
+`, map[string]string{"a": up.srv.URL})
+	url := g.url("gw") + "/v1/chat/completions"
+	metric := func(desc *prometheus.Desc, extra ...string) float64 {
+		t.Helper()
+		labels := map[string]string{"pool": g.pool}
+		for i := 0; i+1 < len(extra); i += 2 {
+			labels[extra[i]] = extra[i+1]
+		}
+		v, ok := storeMetric(t, desc, labels)
+		if !ok {
+			t.Fatalf("no series %s %v", desc, labels)
+		}
+		return v
+	}
+	serve := func(step string) {
+		t.Helper()
+		resp, body := post(t, url, chatBody("m"))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s: status %d: %s", step, resp.StatusCode, body)
+		}
+	}
+
+	serve("through redis")
+	if v := metric(storeDegradedDesc); v != 0 {
+		t.Fatalf("degraded = %v with Redis up", v)
+	}
+	if v := metric(storeModeDesc, "mode", "redis"); v != 1 {
+		t.Fatalf("mode redis = %v with Redis up", v)
+	}
+	if v := metric(redisCallsDesc, "kind", "acquire"); v < 1 {
+		t.Fatalf("acquire calls = %v after a routed request", v)
+	}
+	keys, err := srv.Client().Keys(t.Context(), "mr:{"+g.pool+"}:*").Result()
+	if err != nil || len(keys) == 0 {
+		t.Fatalf("the pool left no keys in Redis (%v): %v", err, keys)
+	}
+
+	srv.Stop()
+	for i := 0; i < 5; i++ {
+		serve("redis down") // this replica alone: its share is the whole capacity
+	}
+	eventually(t, 5*time.Second, "the degraded alert", func() bool { return metric(storeDegradedDesc) == 1 })
+	if v := metric(storeModeDesc, "mode", "local"); v != 1 {
+		t.Fatalf("mode local = %v with Redis down", v)
+	}
+
+	srv.Restart()
+	eventually(t, 10*time.Second, "the alert to clear after Redis returned", func() bool { return metric(storeDegradedDesc) == 0 })
+	serve("redis back")
+	g.waitIdle()
+	if v, ok := storeMetric(t, inflightDesc, map[string]string{"pool": g.pool, "backend": "a"}); !ok || v != 0 {
+		t.Fatalf("in-flight after the outage = %v (series found %v), want 0", v, ok)
+	}
+}
