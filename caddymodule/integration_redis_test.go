@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -125,4 +126,66 @@ func TestIntegrationRedisStoreAndAlert(t *testing.T) {
 	if v, ok := storeMetric(t, inflightDesc, map[string]string{"pool": g.pool, "backend": "a"}); !ok || v != 0 {
 		t.Fatalf("in-flight after the outage = %v (series found %v), want 0", v, ok)
 	}
+}
+
+// TestIntegrationRedisLongRequestKeepsItsLease: a request that runs for
+// several lease lifetimes keeps its slot in Redis (the handler renews it), so
+// no other request is admitted on top of it, and the slot is gone once it
+// ends.
+func TestIntegrationRedisLongRequestKeepsItsLease(t *testing.T) {
+	const lease = 600 * time.Millisecond
+	srv := redistest.Start(t)
+	up := newUpstream(t, "a", 0, true)
+	g := startGateway(t, gatewayOptions{}, `
+{{url "gw"}} {
+	model_router {
+		pool {{.Pool}}
+		max_wait 200ms
+		redis `+srv.URL()+` {
+			lease `+lease.String()+`
+			heartbeat 100ms
+		}
+		backend a {{index .Up "a"}} {
+			models m
+			max_inflight 1
+		}
+	}
+}
+`, map[string]string{"a": up.srv.URL})
+	url := g.url("gw") + "/v1/chat/completions"
+	leaseKey := "mr:{" + g.pool + "}:lease:a"
+	live := func() int64 {
+		n, err := srv.Client().ZCount(t.Context(), leaseKey, strconv.FormatInt(time.Now().UnixMilli(), 10), "+inf").Result()
+		if err != nil {
+			t.Fatalf("counting leases: %v", err)
+		}
+		return n
+	}
+
+	done := make(chan int, 1)
+	go func() {
+		resp, _ := post(t, url, chatBody("m"))
+		done <- resp.StatusCode
+	}()
+	eventually(t, 5*time.Second, "the long request to reach the backend", func() bool { return up.cur.Load() == 1 })
+
+	// Four lease lifetimes later the lease is still live in Redis...
+	time.Sleep(4 * lease)
+	if n := live(); n != 1 {
+		t.Fatalf("%d live leases after %v of a running request, want 1 (renewed)", n, 4*lease)
+	}
+	// ...so the fleet is full: another request waits out max_wait.
+	resp, body := post(t, url, chatBody("m"))
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("second request: status %d (%s), want 503 while the long one holds the only slot", resp.StatusCode, body)
+	}
+	if p := up.peak.Load(); p != 1 {
+		t.Fatalf("backend peak %d, want 1", p)
+	}
+
+	up.openGate()
+	if code := <-done; code != http.StatusOK {
+		t.Fatalf("long request: status %d", code)
+	}
+	eventually(t, 5*time.Second, "the lease to be released", func() bool { return live() == 0 })
 }
