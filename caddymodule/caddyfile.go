@@ -47,6 +47,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        on_redis_down fail_local   # fail_local | fail_closed | fail_open
 //	        key_prefix mr
 //	        sentinel <master_name> <addr>...   # Redis Sentinel instead of a URL
+//	                               # (or: master_name <name> and sentinels <addr>...)
 //	        cluster <addr>...                  # Redis Cluster seeds instead of a URL
 //	        username <name>
 //	        password <secret>      # e.g. {env.REDIS_PASSWORD}

@@ -103,6 +103,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"redis bad prefix", "redis redis://127.0.0.1:6379 {\n\t\tkey_prefix a:b\n\t}\n" + backend, "key_prefix", 3},
 		{"redis twice in block", "redis redis://127.0.0.1:6379 {\n\t\ttimeout 1s\n\t\ttimeout 2s\n\t}\n" + backend, "set twice", 4},
 		{"redis sentinel without addrs", "redis {\n\t\tsentinel m\n\t}\n" + backend, "at least one sentinel", 3},
+		{"redis master_name without sentinels", "redis {\n\t\tmaster_name m\n\t}\n" + backend, "sentinel", 0},
+		{"redis both sentinel forms", "redis {\n\t\tsentinel m 127.0.0.1:26379\n\t\tmaster_name m\n\t}\n" + backend, "not both", 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -191,7 +191,7 @@ func version() string {
 //	    timeout 50ms
 //	    on_redis_down fail_local   # fail_local | fail_closed | fail_open
 //	    key_prefix mr
-//	    sentinel <master_name> <addr>...
+//	    sentinel <master_name> <addr>...   # or: master_name <name> + sentinels <addr>...
 //	    cluster <addr>...
 //	    username <name>
 //	    password <secret>          # e.g. {env.REDIS_PASSWORD}
@@ -239,6 +239,14 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 				return nil, d.Errf("redis sentinel needs the master name and at least one sentinel address")
 			}
 			c.MasterName, c.Sentinels = a[0], a[1:]
+		case "master_name":
+			c.MasterName, err = oneArg(d)
+		case "sentinels":
+			a := d.RemainingArgs()
+			if len(a) == 0 {
+				return nil, d.Errf("redis sentinels needs at least one address")
+			}
+			c.Sentinels = a
 		case "cluster":
 			a := d.RemainingArgs()
 			if len(a) == 0 {
@@ -255,6 +263,9 @@ func parseRedis(d *caddyfile.Dispenser) (*RedisConfig, error) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	if seen["sentinel"] && (seen["master_name"] || seen["sentinels"]) {
+		return nil, d.Err("redis: use either sentinel <master_name> <addr>... or master_name and sentinels, not both")
 	}
 	if c.URL == "" && c.MasterName == "" && len(c.Cluster) == 0 {
 		return nil, d.Err("redis needs a URL, a sentinel line or a cluster line")
