@@ -383,7 +383,16 @@ func (b *BackendConfig) validate() error {
 // UsagePool and outlives this handler until its last user is gone.
 func (h *Handler) Cleanup() error {
 	if h.stopWatch != nil {
-		h.stopWatch()
+		// Requests still waiting under this (old) config go on being woken
+		// by releases until they are gone, at most MaxWait from now.
+		stop, queue := h.stopWatch, h.queue
+		deadline := time.Now().Add(time.Duration(h.MaxWait) + time.Second)
+		go func() {
+			for queue.Len() > 0 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			stop()
+		}()
 	}
 	for _, p := range h.proxies {
 		p.cleanup()
