@@ -96,6 +96,7 @@ type Handler struct {
 	caps      map[string]bool
 	strategy  *engine.Strategy
 	health    *engine.Health
+	healthKey string
 	proxies   []*backendProxy
 	store     loadstate.Store
 	storeKey  string
@@ -228,7 +229,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.strategy = strategy
-	h.health = engine.NewHealth(h.MaxFails, time.Duration(h.FailCooldown))
+	// Passive health survives reloads like the load state does: a backend in
+	// cooldown stays there when an unrelated line of the config changes.
+	h.healthKey = fmt.Sprintf("%s|%d|%v", h.Pool, h.MaxFails, time.Duration(h.FailCooldown))
+	hv, _, _ := healths.LoadOrNew(h.healthKey, func() (caddy.Destructor, error) {
+		return pooledHealth{engine.NewHealth(h.MaxFails, time.Duration(h.FailCooldown))}, nil
+	})
+	h.health = hv.(pooledHealth).Health
 
 	repl := caddy.NewReplacer()
 	h.index = make(map[string]int, len(h.Backends))
@@ -398,8 +405,18 @@ func (h *Handler) Cleanup() error {
 		p.cleanup()
 	}
 	h.releaseStore()
+	if h.healthKey != "" {
+		_, _ = healths.Delete(h.healthKey)
+	}
 	return nil
 }
+
+// healths holds passive-health state by pool and settings, across reloads.
+var healths = caddy.NewUsagePool()
+
+type pooledHealth struct{ *engine.Health }
+
+func (pooledHealth) Destruct() error { return nil }
 
 // onRelease wakes the oldest waiter that can use the backend a slot was just
 // released on.
