@@ -7,49 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/modelrouter/modelrouter/internal/redistest"
 )
-
-// storeMetric scrapes one series of the store collector, as Prometheus would,
-// and reports whether it exists.
-func storeMetric(t *testing.T, desc *prometheus.Desc, labels map[string]string) (float64, bool) {
-	t.Helper()
-	ch := make(chan prometheus.Metric, 512)
-	go func() { storeCollector{}.Collect(ch); close(ch) }()
-	value, found := 0.0, false
-	for m := range ch {
-		if m.Desc() != desc {
-			continue
-		}
-		var out dto.Metric
-		if err := m.Write(&out); err != nil {
-			t.Fatalf("reading metric: %v", err)
-		}
-		match := true
-		got := map[string]string{}
-		for _, l := range out.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		for k, v := range labels {
-			if got[k] != v {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		found = true
-		switch {
-		case out.Gauge != nil:
-			value = out.Gauge.GetValue()
-		case out.Counter != nil:
-			value = out.Counter.GetValue()
-		}
-	}
-	return value, found
-}
 
 // TestIntegrationRedisStoreAndAlert: with a redis block the handler routes
 // through the shared store in a real Redis; when Redis goes away requests

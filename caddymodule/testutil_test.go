@@ -570,31 +570,52 @@ func send(ctx context.Context, client *http.Client, url, body string, header ...
 	return result{status: resp.StatusCode, header: resp.Header, body: b, err: err, took: time.Since(start)}
 }
 
-// inflightGauge scrapes model_router_inflight_requests{pool,backend} from the
-// store collector, as Prometheus would; a missing series fails the test.
-func inflightGauge(t *testing.T, pool, backend string) float64 {
+// storeMetric scrapes one series of the store collector, as Prometheus would,
+// and reports whether it exists.
+func storeMetric(t *testing.T, desc *prometheus.Desc, labels map[string]string) (float64, bool) {
 	t.Helper()
-	ch := make(chan prometheus.Metric, 256)
+	ch := make(chan prometheus.Metric, 512)
 	go func() { storeCollector{}.Collect(ch); close(ch) }()
-	found, value := false, 0.0
+	value, found := 0.0, false
 	for m := range ch {
-		if m.Desc() != inflightDesc {
+		if m.Desc() != desc {
 			continue
 		}
 		var out dto.Metric
 		if err := m.Write(&out); err != nil {
 			t.Fatalf("reading metric: %v", err)
 		}
-		labels := map[string]string{}
+		match := true
+		got := map[string]string{}
 		for _, l := range out.GetLabel() {
-			labels[l.GetName()] = l.GetValue()
+			got[l.GetName()] = l.GetValue()
 		}
-		if labels["pool"] == pool && labels["backend"] == backend {
-			found, value = true, out.GetGauge().GetValue()
+		for k, v := range labels {
+			if got[k] != v {
+				match = false
+			}
+		}
+		if !match {
+			continue
+		}
+		found = true
+		switch {
+		case out.Gauge != nil:
+			value = out.Gauge.GetValue()
+		case out.Counter != nil:
+			value = out.Counter.GetValue()
 		}
 	}
-	if !found {
+	return value, found
+}
+
+// inflightGauge reads model_router_inflight_requests{pool,backend}; a missing
+// series fails the test.
+func inflightGauge(t *testing.T, pool, backend string) float64 {
+	t.Helper()
+	v, ok := storeMetric(t, inflightDesc, map[string]string{"pool": pool, "backend": backend})
+	if !ok {
 		t.Fatalf("no in-flight series for pool %s backend %s", pool, backend)
 	}
-	return value
+	return v
 }
