@@ -1,0 +1,305 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/modelrouter/modelrouter/engine"
+	"github.com/modelrouter/modelrouter/loadstate"
+)
+
+// renewTimeout bounds one lease renewal of a long request.
+const renewTimeout = 2 * time.Second
+
+// waitPoll is how often a waiting request re-checks for room without a wake-up:
+// the safety net for wake-ups lost between a failed acquire and joining the queue,
+// and for slots freed by other replicas when their notices are late.
+const waitPoll = 100 * time.Millisecond
+
+// scratch holds per-request buffers, reused across requests.
+type scratch struct {
+	loads []engine.Load
+	cands []engine.Candidate
+	slots []loadstate.Slot
+	idx   []int
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// routing is the state of one routed request.
+type routing struct {
+	h     *Handler
+	req   engine.Request
+	c     classified
+	body  []byte
+	id    string
+	start time.Time
+	sc    *scratch
+	pool  engine.Pool
+	tried loadstate.BackendSet
+	wait  time.Duration
+	lease lease
+}
+
+// lease is a held slot; release is idempotent.
+type lease struct {
+	h       *Handler
+	id      string
+	backend int // -1 when none is held
+	renew   *time.Timer
+	done    *atomic.Bool // set on release, so an in-flight renewal does not re-arm
+}
+
+func (l *lease) release() {
+	if l.backend < 0 {
+		return
+	}
+	if l.renew != nil {
+		l.done.Store(true)
+		l.renew.Stop()
+		l.renew, l.done = nil, nil
+	}
+	name := l.h.backends[l.backend].Name
+	// Detached from the request: a client that went away still gets its slot
+	// released. Stores never block in Release (shared ones apply it in the
+	// background), so no timeout is needed here.
+	err := l.h.store.Release(context.Background(), l.id, name)
+	if err != nil {
+		if c := l.h.logger.Check(zapcore.WarnLevel, "releasing slot"); c != nil {
+			c.Write(zap.String("backend", name), zap.Error(err))
+		}
+	}
+	l.backend = -1
+}
+
+// keepAlive renews the lease at a third of its lifetime for as long as the
+// request runs, so a long stream is not mistaken for an abandoned slot.
+func (l *lease) keepAlive() {
+	ttl := l.h.store.LeaseTTL()
+	if ttl <= 0 || l.backend < 0 {
+		return
+	}
+	backend, id, store := l.h.backends[l.backend].Name, l.id, l.h.store
+	done := new(atomic.Bool)
+	var timer *time.Timer
+	// Armed only after timer is assigned, so the callback always sees it.
+	timer = time.AfterFunc(time.Duration(1<<62), func() {
+		if done.Load() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), renewTimeout)
+		_ = store.Renew(ctx, id, backend)
+		cancel()
+		if !done.Load() {
+			timer.Reset(ttl / 3)
+		}
+	})
+	timer.Reset(ttl / 3)
+	l.renew, l.done = timer, done
+}
+
+// loadPool fills the pool with the backends' live state.
+func (rt *routing) loadPool() {
+	h := rt.h
+	n := len(h.backends)
+	if cap(rt.sc.loads) < n {
+		rt.sc.loads = make([]engine.Load, n)
+	}
+	loads := rt.sc.loads[:n]
+	t := now()
+	lat := h.latency.get(h, t)
+	for i := range h.backends {
+		name := h.backends[i].Name
+		loads[i] = engine.Load{
+			Inflight:    h.store.Inflight(name),
+			LatencyP95:  lat[i].e2e,
+			TTFTP95:     lat[i].ttft,
+			CoolingDown: h.health.CoolingDown(name, t),
+			Draining:    false,
+		}
+		if rt.tried != nil && rt.tried.Has(i) {
+			// A backend that already failed this request is out for its retry.
+			loads[i].CoolingDown = true
+		}
+	}
+	rt.pool = engine.Pool{Backends: h.backends, Loads: loads}
+}
+
+// acquire takes a slot on the best candidate with room, waiting in the queue
+// (bounded by MaxQueue and MaxWait) when every candidate is full.
+func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
+	h := rt.h
+	rt.loadPool()
+	ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+	rt.sc.cands = ranked
+	if eligible == 0 {
+		return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+	}
+	// Newcomers leave alone the backends someone is already waiting for.
+	var skip func(int) bool
+	if h.queue.Len() > 0 {
+		skip = h.queue.Claimed
+	}
+	if i, apiErr := rt.tryAcquire(ctx, ranked, skip); i >= 0 || apiErr != nil {
+		return i, apiErr
+	}
+
+	wants := loadstate.NewBackendSet(len(h.backends))
+	for i := range h.backends {
+		if h.strategy.Eligible(&rt.req, &rt.pool, i) {
+			wants.Add(i)
+		}
+	}
+	ticket, err := h.queue.Enter(wants)
+	if err != nil {
+		return -1, rt.full("every backend that can serve this request is busy and the wait queue is full")
+	}
+	waitStart := now()
+	h.metrics.queueDepth.Inc()
+	defer func() {
+		h.queue.Leave(ticket)
+		h.metrics.queueDepth.Dec()
+		rt.wait = now().Sub(waitStart)
+		h.metrics.queueWait.Observe(rt.wait.Seconds())
+		if rt.lease.backend >= 0 {
+			// Room this waiter did not take (two slots freed, one wake)
+			// must not sit idle behind it until the next release.
+			h.wakeForRoom()
+		}
+	}()
+	timer := time.NewTimer(time.Duration(h.MaxWait))
+	defer timer.Stop()
+	poll := time.NewTicker(waitPoll)
+	defer poll.Stop()
+	// A waiter that looks for room on its own (on joining, on a poll) leaves
+	// backends that an older waiter wants to that waiter. A waiter woken by
+	// a release does not: the queue picked it, oldest first, for that slot,
+	// and an older waiter with a wake of its own has a slot of its own.
+	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
+	skip = claimedAhead
+	woken := false
+	for {
+		rt.loadPool()
+		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+		rt.sc.cands = ranked
+		if eligible == 0 {
+			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+		}
+		if woken {
+			// A release just happened, maybe on another replica, which this
+			// replica's view of the counts may not show yet: let the store,
+			// which decides atomically, check the full ones too.
+			ranked = rt.appendFull(ranked, wants)
+			rt.sc.cands = ranked
+		}
+		i, apiErr := rt.tryAcquire(ctx, ranked, skip)
+		h.queue.Consumed(ticket)
+		if i >= 0 || apiErr != nil {
+			return i, apiErr
+		}
+		select {
+		case <-ticket.C():
+			skip, woken = nil, true
+		case <-poll.C:
+			// Polls trust the local view: no store round trip unless it
+			// shows room.
+			skip, woken = claimedAhead, false
+		case <-timer.C:
+			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
+		case <-ctx.Done():
+			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+		}
+	}
+}
+
+// wakeForRoom wakes, for every backend the local view shows with room, the
+// oldest waiter that can use it and has no wake pending.
+func (h *Handler) wakeForRoom() {
+	if h.queue.Len() == 0 {
+		return
+	}
+	for i := range h.backends {
+		if h.store.Inflight(h.backends[i].Name) < h.backends[i].MaxInflight {
+			h.queue.Notify(i)
+		}
+	}
+}
+
+// appendFull adds to ranked the backends in wants that it lacks (those the
+// view shows full), after the ranked ones.
+func (rt *routing) appendFull(ranked []engine.Candidate, wants loadstate.BackendSet) []engine.Candidate {
+	for i := range rt.h.backends {
+		if !wants.Has(i) {
+			continue
+		}
+		in := false
+		for _, c := range ranked {
+			if c.Index == i {
+				in = true
+				break
+			}
+		}
+		if !in && !rt.pool.Loads[i].CoolingDown {
+			ranked = append(ranked, engine.Candidate{Index: i})
+		}
+	}
+	return ranked
+}
+
+func (rt *routing) full(msg string) *apiError {
+	e := serverError(rt.h.FullStatus, "capacity_exhausted", msg)
+	if rt.h.FullStatus == http.StatusTooManyRequests {
+		e.Type = "rate_limit_error" // what OpenAI's clients expect with a 429
+	}
+	e.RetryAfter = time.Second
+	return e
+}
+
+// tryAcquire asks the store for a slot on the first ranked candidate with
+// room, in one call. It returns the backend index, or -1 when none had room.
+// Candidates for which skip reports true are left to requests that waited
+// longer.
+func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skip func(int) bool) (int, *apiError) {
+	h := rt.h
+	slots, idx := rt.sc.slots[:0], rt.sc.idx[:0]
+	for _, c := range ranked {
+		if skip != nil && skip(c.Index) {
+			continue
+		}
+		b := &h.backends[c.Index]
+		slots = append(slots, loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight})
+		idx = append(idx, c.Index)
+	}
+	rt.sc.slots, rt.sc.idx = slots, idx
+	if len(slots) == 0 {
+		return -1, nil
+	}
+	i, err := h.store.Acquire(ctx, rt.id, slots)
+	if err != nil {
+		if ctx.Err() != nil {
+			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+		}
+		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		// The acquire may have run on the server before the error: release the
+		// id on every candidate so no slot is left behind.
+		for _, s := range slots {
+			_ = h.store.Release(context.WithoutCancel(ctx), rt.id, s.Backend)
+		}
+		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
+	}
+	if i < 0 {
+		return -1, nil
+	}
+	b := idx[i]
+	rt.lease.backend = b
+	rt.lease.keepAlive()
+	return b, nil
+}
