@@ -5,9 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	mrand "math/rand/v2"
-	"net/url"
-	"regexp"
-	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -16,7 +13,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 
 	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/loadstate"
@@ -26,138 +22,6 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Handler is the model_router HTTP handler. It routes OpenAI-compatible
-// inference requests to the configured backend that is best at the task and has
-// room, holds a slot on it for the whole request, and proxies the request
-// through Caddy's reverse proxy.
-type Handler struct {
-	// Strategy orders the candidate backends: greedy, balanced, least_load, p2c,
-	// round_robin or latency. Default: balanced.
-	Strategy string `json:"strategy,omitempty"`
-
-	// MaxWait is how long a request may wait for a free slot when every
-	// candidate is full. Default: 2s.
-	MaxWait caddy.Duration `json:"max_wait,omitempty"`
-
-	// MaxQueue is how many requests may wait at once; more are refused at once
-	// with FullStatus. Default: 256.
-	MaxQueue int `json:"max_queue,omitempty"`
-
-	// MaxBody is the largest request body accepted, in bytes; larger bodies get
-	// 413. Default: 4 MiB.
-	MaxBody int64 `json:"max_body,omitempty"`
-
-	// FullStatus is the status for "every slot busy after MaxWait" and "queue
-	// full": 503 or 429. Default: 503.
-	FullStatus int `json:"full_status,omitempty"`
-
-	// Retries is how many times a request that failed to connect, or got a 5xx
-	// before any byte reached the client, is retried on the next candidate.
-	// Default: 1. Set -1 for none.
-	Retries int `json:"retries,omitempty"`
-
-	// DialTimeout bounds connecting to a backend. Default: 3s.
-	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
-
-	// ResponseHeaderTimeout bounds the wait for a backend's response headers
-	// (for streams: until the backend starts answering). Default: 120s.
-	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
-
-	// StreamIdleTimeout is the longest a backend may stay silent while sending
-	// its response, so a hung backend cannot hold a slot forever. Default: 60s.
-	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
-
-	// MaxFails is how many failures in a row (connect error, 5xx, timeout) put a
-	// backend in cooldown. Default: 3.
-	MaxFails int `json:"max_fails,omitempty"`
-
-	// FailCooldown is how long a failing backend is skipped before it is tried
-	// again. Default: 10s.
-	FailCooldown caddy.Duration `json:"fail_cooldown,omitempty"`
-
-	// Pool names the load state this router shares: routers (and, with Redis,
-	// gateway replicas) with the same pool name count the same in-flight
-	// requests. Default: "default".
-	Pool string `json:"pool,omitempty"`
-
-	// Redis, when set, shares load state with every replica of the pool
-	// through Redis. Default: none (an in-memory store for this replica).
-	Redis *RedisConfig `json:"redis,omitempty"`
-
-	// Backends are the model servers requests are routed to. Upstream addresses
-	// come from here only, never from a request.
-	Backends []BackendConfig `json:"backends,omitempty"`
-
-	backends  []engine.Backend
-	index     map[string]int // backend name → position
-	models    []string       // public model names, sorted, for GET /v1/models
-	modelSet  map[string]struct{}
-	latency   *latencyCache
-	caps      map[string]bool
-	strategy  *engine.Strategy
-	health    *engine.Health
-	healthKey string
-	proxies   []*backendProxy
-	store     loadstate.Store
-	storeKey  string
-	sketches  *loadstate.Sketches
-	queue     *loadstate.WaitQueue
-	stopWatch func()
-	leaseIDs  leaseIDs
-	metrics   *metrics
-	bmetrics  []*backendMetrics // per backend, same order as backends
-	// headerValues are the X-Model-Router-Backend values, built once.
-	headerValues [][]string
-	logger       *zap.Logger
-}
-
-// BackendConfig is one backend model server.
-type BackendConfig struct {
-	// Name identifies the backend in metrics, logs, headers and shared state:
-	// letters, digits, '.', '_' and '-', at most 64. Required and unique.
-	Name string `json:"name"`
-
-	// URL is the backend's base URL, http or https, without the /v1 part of
-	// request paths (a path here is prepended to them). Required.
-	URL string `json:"url"`
-
-	// Models are the public model names this backend serves, each with the name
-	// to send upstream when it differs. The first is used for model "auto".
-	Models []ModelName `json:"models,omitempty"`
-
-	// Capabilities rate the backend per task (chat, coding, reasoning, ...) in
-	// [0,1]; a missing capability counts as 0.
-	Capabilities map[string]float64 `json:"capabilities,omitempty"`
-
-	// MaxInflight is the most requests the backend may have in flight from the
-	// whole fleet of gateway replicas. Required, at least 1.
-	MaxInflight int `json:"max_inflight"`
-
-	// Context is the largest prompt+completion size in tokens the backend
-	// accepts; 0 means no limit. Default: 0.
-	Context int `json:"context,omitempty"`
-
-	// Cost is the backend's relative price per request, for the cost scorer; 0
-	// means unknown. Default: 0.
-	Cost float64 `json:"cost,omitempty"`
-
-	// Weight multiplies the backend's score. Default: 1.
-	Weight float64 `json:"weight,omitempty"`
-
-	// APIKey, when set, is sent upstream as "Authorization: Bearer <key>";
-	// placeholders such as {env.KEY} are expanded. A client's own Authorization
-	// header is never forwarded upstream. Default: none.
-	APIKey string `json:"api_key,omitempty"`
-}
-
-// ModelName maps a public model name to the upstream's name for it.
-type ModelName struct {
-	// Public is the name clients send.
-	Public string `json:"public"`
-	// Upstream is the name sent to the backend. Default: Public.
-	Upstream string `json:"upstream,omitempty"`
-}
-
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -165,21 +29,6 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 		New: func() caddy.Module { return new(Handler) },
 	}
 }
-
-// nameRE limits backend, pool and capability names: they become metric labels,
-// response headers and parts of Redis keys.
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
-const (
-	defaultMaxWait               = 2 * time.Second
-	defaultMaxQueue              = 256
-	defaultMaxBody               = 4 << 20
-	defaultDialTimeout           = 3 * time.Second
-	defaultResponseHeaderTimeout = 120 * time.Second
-	defaultStreamIdleTimeout     = 60 * time.Second
-	defaultMaxFails              = 3
-	defaultFailCooldown          = 10 * time.Second
-)
 
 // Provision sets defaults and builds the router's parts.
 func (h *Handler) Provision(ctx caddy.Context) error {
@@ -293,94 +142,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for i := range h.backends {
 		h.bmetrics = append(h.bmetrics, h.metrics.forBackend(h.backends[i].Name))
 		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
-	}
-	return nil
-}
-
-// validate rejects what Provision cannot fix with a default.
-func (h *Handler) validate() error {
-	if !slices.Contains(engine.StrategyNames(), h.Strategy) {
-		return fmt.Errorf("unknown strategy %q (valid: %v)", h.Strategy, engine.StrategyNames())
-	}
-	if h.MaxWait < 0 {
-		return fmt.Errorf("max_wait must not be negative")
-	}
-	if h.MaxQueue < 0 {
-		return fmt.Errorf("max_queue must not be negative")
-	}
-	if h.MaxBody < 0 {
-		return fmt.Errorf("max_body must not be negative")
-	}
-	if h.FullStatus != 503 && h.FullStatus != 429 {
-		return fmt.Errorf("full_status must be 503 or 429, not %d", h.FullStatus)
-	}
-	if !nameRE.MatchString(h.Pool) {
-		return fmt.Errorf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", h.Pool)
-	}
-	if len(h.Backends) == 0 {
-		return fmt.Errorf("at least one backend is required")
-	}
-	if h.Redis != nil {
-		if err := h.Redis.validate(); err != nil {
-			return err
-		}
-	}
-	seen := map[string]bool{}
-	for _, b := range h.Backends {
-		if err := b.validate(); err != nil {
-			return err
-		}
-		if seen[b.Name] {
-			return fmt.Errorf("backend %s is defined twice", b.Name)
-		}
-		seen[b.Name] = true
-	}
-	return nil
-}
-
-func (b *BackendConfig) validate() error {
-	if !nameRE.MatchString(b.Name) {
-		return fmt.Errorf("backend name %q: use letters, digits, '.', '_' or '-' (at most 64)", b.Name)
-	}
-	u, err := url.Parse(b.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("backend %s: url %q must be an absolute http:// or https:// URL", b.Name, b.URL)
-	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("backend %s: url %q must not carry a query, fragment or credentials", b.Name, b.URL)
-	}
-	if b.MaxInflight < 1 {
-		return fmt.Errorf("backend %s: max_inflight must be at least 1", b.Name)
-	}
-	if b.Context < 0 {
-		return fmt.Errorf("backend %s: context must not be negative", b.Name)
-	}
-	if b.Cost < 0 {
-		return fmt.Errorf("backend %s: cost must not be negative", b.Name)
-	}
-	if b.Weight < 0 {
-		return fmt.Errorf("backend %s: weight must not be negative", b.Name)
-	}
-	if len(b.Models) == 0 {
-		return fmt.Errorf("backend %s: at least one model is required", b.Name)
-	}
-	seen := map[string]bool{}
-	for _, m := range b.Models {
-		if m.Public == "" || m.Public == engine.AutoModel {
-			return fmt.Errorf("backend %s: model name %q is not allowed", b.Name, m.Public)
-		}
-		if seen[m.Public] {
-			return fmt.Errorf("backend %s: model %s is listed twice", b.Name, m.Public)
-		}
-		seen[m.Public] = true
-	}
-	for c, v := range b.Capabilities {
-		if !nameRE.MatchString(c) {
-			return fmt.Errorf("backend %s: capability name %q: use letters, digits, '.', '_' or '-'", b.Name, c)
-		}
-		if v < 0 || v > 1 || v != v {
-			return fmt.Errorf("backend %s: capability %s score %s is outside [0,1]", b.Name, c, strconv.FormatFloat(v, 'g', -1, 64))
-		}
 	}
 	return nil
 }
