@@ -24,10 +24,12 @@ const waitPoll = 100 * time.Millisecond
 
 // scratch holds per-request buffers, reused across requests.
 type scratch struct {
-	loads []engine.Load
-	cands []engine.Candidate
-	slots []loadstate.Slot
-	idx   []int
+	loads   []engine.Load
+	probe   []bool // probe[i]: backend i may take this request only as its breaker's probe
+	cands   []engine.Candidate
+	slots   []loadstate.Slot
+	idx     []int
+	claimed []int // probes claimed for one acquire
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -35,6 +37,7 @@ var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
 // routing is the state of one routed request.
 type routing struct {
 	h     *Handler
+	ctx   context.Context // the client's
 	req   engine.Request
 	c     classified
 	body  []byte
@@ -45,6 +48,9 @@ type routing struct {
 	tried loadstate.BackendSet
 	wait  time.Duration
 	lease lease
+	// alone: every backend that fits the request is set aside by passive
+	// health, so cooling-down backends are offered for probes.
+	alone bool
 }
 
 // lease is a held slot; release is idempotent.
@@ -54,6 +60,7 @@ type lease struct {
 	backend int // -1 when none is held
 	renew   *time.Timer
 	done    *atomic.Bool // set on release, so an in-flight renewal does not re-arm
+	probe   bool         // the slot is its backend's half-open probe, not yet judged
 }
 
 func (l *lease) release() {
@@ -66,6 +73,11 @@ func (l *lease) release() {
 		l.renew, l.done = nil, nil
 	}
 	name := l.h.backends[l.backend].Name
+	if l.probe {
+		// The request ended without an outcome for the backend.
+		l.h.health.EndProbe(name)
+		l.probe = false
+	}
 	// Detached from the request: a client that went away still gets its slot
 	// released. Stores never block in Release (shared ones apply it in the
 	// background), so no timeout is needed here.
@@ -111,18 +123,23 @@ func (rt *routing) loadPool() {
 	if cap(rt.sc.loads) < n {
 		rt.sc.loads = make([]engine.Load, n)
 	}
-	loads := rt.sc.loads[:n]
+	if cap(rt.sc.probe) < n {
+		rt.sc.probe = make([]bool, n)
+	}
+	loads, probe := rt.sc.loads[:n], rt.sc.probe[:n]
 	t := now()
 	lat := h.latency.get(h, t)
 	for i := range h.backends {
 		name := h.backends[i].Name
+		a, _ := h.health.Check(name, t, rt.alone)
 		loads[i] = engine.Load{
 			Inflight:    h.store.Inflight(name),
 			LatencyP95:  lat[i].e2e,
 			TTFTP95:     lat[i].ttft,
-			CoolingDown: h.health.CoolingDown(name, t),
+			CoolingDown: a == engine.Unavailable,
 			Draining:    false,
 		}
+		probe[i] = a == engine.ProbeAvailable
 		if rt.tried != nil && rt.tried.Has(i) {
 			// A backend that already failed this request is out for its retry.
 			loads[i].CoolingDown = true
@@ -131,15 +148,69 @@ func (rt *routing) loadPool() {
 	rt.pool = engine.Pool{Backends: h.backends, Loads: loads}
 }
 
+// rank loads the pool and ranks the candidates with room. When no backend is
+// eligible it says why: the request fits none (400 context_length_exceeded),
+// or every backend that fits is set aside by passive health; then the
+// cooling-down ones are offered for probes (one request at a time each)
+// rather than refusing everything, and only when none can take one does the
+// request get 503 no_healthy_backend with Retry-After = time to the next probe.
+func (rt *routing) rank() ([]engine.Candidate, *apiError) {
+	h := rt.h
+	for {
+		rt.loadPool()
+		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
+		rt.sc.cands = ranked
+		if eligible > 0 {
+			return ranked, nil
+		}
+		switch h.strategy.Diagnose(&rt.req, &rt.pool) {
+		case engine.ReasonContext:
+			return nil, invalidRequest(http.StatusBadRequest, "context_length_exceeded", "messages",
+				"the request (prompt and max tokens) is longer than the context of every backend that serves its model")
+		case engine.ReasonUnhealthy:
+			if !rt.alone {
+				rt.alone = true
+				continue
+			}
+		}
+		return nil, rt.unhealthy()
+	}
+}
+
+// unhealthy is the answer when every backend that could serve the request is
+// set aside: 503 with Retry-After, the time until one of them may take a
+// request again (its next probe, or the end of its rate limit), at least 1s.
+func (rt *routing) unhealthy() *apiError {
+	h := rt.h
+	t := now()
+	var next time.Time
+	for i := range h.backends {
+		if !h.strategy.Fits(&rt.req, &rt.pool, i) {
+			continue
+		}
+		if _, at := h.health.Check(h.backends[i].Name, t, true); !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
+	}
+	e := serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+	e.RetryAfter = time.Second
+	if d := next.Sub(t); d > e.RetryAfter {
+		e.RetryAfter = d
+	}
+	return e
+}
+
 // acquire takes a slot on the best candidate with room, waiting in the queue
 // (bounded by MaxQueue and MaxWait) when every candidate is full.
-func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
+func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
-	rt.loadPool()
-	ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
-	rt.sc.cands = ranked
-	if eligible == 0 {
-		return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+	// The store's calls may take up to the wait budget (a shared store retries
+	// an acquire in doubt within it rather than guess).
+	ctx, cancel := context.WithTimeout(rt.ctx, time.Duration(h.MaxWait))
+	defer cancel()
+	ranked, apiErr := rt.rank()
+	if apiErr != nil {
+		return -1, apiErr
 	}
 	// Newcomers leave alone the backends someone is already waiting for.
 	var skip func(int) bool
@@ -185,11 +256,9 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 	skip = claimedAhead
 	woken := false
 	for {
-		rt.loadPool()
-		ranked, eligible := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
-		rt.sc.cands = ranked
-		if eligible == 0 {
-			return -1, serverError(http.StatusServiceUnavailable, "no_healthy_backend", "no healthy backend can serve this request")
+		ranked, apiErr := rt.rank()
+		if apiErr != nil {
+			return -1, apiErr
 		}
 		if woken {
 			// A release just happened, maybe on another replica, which this
@@ -212,7 +281,7 @@ func (rt *routing) acquire(ctx context.Context) (int, *apiError) {
 			skip, woken = claimedAhead, false
 		case <-timer.C:
 			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
-		case <-ctx.Done():
+		case <-rt.ctx.Done():
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
 		}
 	}
@@ -245,7 +314,7 @@ func (rt *routing) appendFull(ranked []engine.Candidate, wants loadstate.Backend
 				break
 			}
 		}
-		if !in && !rt.pool.Loads[i].CoolingDown {
+		if !in && !rt.pool.Loads[i].CoolingDown && !rt.pool.Loads[i].Draining {
 			ranked = append(ranked, engine.Candidate{Index: i})
 		}
 	}
@@ -257,32 +326,52 @@ func (rt *routing) full(msg string) *apiError {
 	if rt.h.FullStatus == http.StatusTooManyRequests {
 		e.Type = "rate_limit_error" // what OpenAI's clients expect with a 429
 	}
-	e.RetryAfter = time.Second
+	e.RetryAfter, e.Jitter = time.Second, true
 	return e
 }
 
 // tryAcquire asks the store for a slot on the first ranked candidate with
 // room, in one call. It returns the backend index, or -1 when none had room.
 // Candidates for which skip reports true are left to requests that waited
-// longer.
+// longer. A candidate whose breaker is half-open is offered only when this
+// request claims its probe. ctx bounds the store's call: its deadline is the
+// request's wait budget.
 func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skip func(int) bool) (int, *apiError) {
 	h := rt.h
-	slots, idx := rt.sc.slots[:0], rt.sc.idx[:0]
+	slots, idx, claimed := rt.sc.slots[:0], rt.sc.idx[:0], rt.sc.claimed[:0]
+	t := now()
 	for _, c := range ranked {
 		if skip != nil && skip(c.Index) {
 			continue
 		}
 		b := &h.backends[c.Index]
+		if rt.sc.probe[c.Index] {
+			if !h.health.TryProbe(b.Name, t, rt.alone) {
+				continue // another request is this backend's probe
+			}
+			claimed = append(claimed, c.Index)
+		}
 		slots = append(slots, loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight})
 		idx = append(idx, c.Index)
 	}
-	rt.sc.slots, rt.sc.idx = slots, idx
+	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed
 	if len(slots) == 0 {
 		return -1, nil
 	}
 	i, err := h.store.Acquire(ctx, rt.id, slots)
+	chosen := -1
+	if err == nil && i >= 0 {
+		chosen = idx[i]
+	}
+	for _, c := range claimed {
+		if c == chosen {
+			rt.lease.probe = true
+		} else {
+			h.health.EndProbe(h.backends[c].Name)
+		}
+	}
 	if err != nil {
-		if ctx.Err() != nil {
+		if rt.ctx.Err() != nil {
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
 		}
 		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
@@ -295,11 +384,10 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 		}
 		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
 	}
-	if i < 0 {
+	if chosen < 0 {
 		return -1, nil
 	}
-	b := idx[i]
-	rt.lease.backend = b
+	rt.lease.backend = chosen
 	rt.lease.keepAlive()
-	return b, nil
+	return chosen, nil
 }

@@ -35,8 +35,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    full_status 503            # or 429, for "every slot busy after max_wait"
 //	    retries 1                  # retries on another backend before any byte reached the client; -1 for none
 //	    dial_timeout 3s
-//	    response_header_timeout 120s
-//	    stream_idle_timeout 60s    # longest silence from a backend while it answers
+//	    response_header_timeout 15m   # non-streaming: the longest a whole generation may take
+//	    stream_header_timeout 2m      # streaming: the longest wait for the answer to start
+//	    stream_idle_timeout 60s    # longest silence from a backend (or stuck write to the client) mid-answer
 //	    max_fails 3                # failures in a row that put a backend in cooldown
 //	    fail_cooldown 10s
 //	    pool default               # routers (and, with redis, replicas) with the same pool share load state
@@ -134,6 +135,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.ResponseHeaderTimeout = v
+		case "stream_header_timeout":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.StreamHeaderTimeout = v
 		case "stream_idle_timeout":
 			v, err := durationArg(d)
 			if err != nil {

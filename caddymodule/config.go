@@ -49,11 +49,21 @@ type Handler struct {
 	DialTimeout caddy.Duration `json:"dial_timeout,omitempty"`
 
 	// ResponseHeaderTimeout bounds the wait for a backend's response headers
-	// (for streams: until the backend starts answering). Default: 120s.
+	// on a non-streaming request. A backend sends those only when the whole
+	// generation is done, so this is the longest a non-streaming generation
+	// may take; a hung backend is cut after it (504 upstream_timeout, a
+	// failure against the backend). Default: 15m.
 	ResponseHeaderTimeout caddy.Duration `json:"response_header_timeout,omitempty"`
 
-	// StreamIdleTimeout is the longest a backend may stay silent while sending
-	// its response, so a hung backend cannot hold a slot forever. Default: 60s.
+	// StreamHeaderTimeout bounds the wait for a backend's response headers on
+	// a streaming request; model servers start a stream's answer at once, so
+	// a long silence there means a hung or overloaded backend. Default: 2m.
+	StreamHeaderTimeout caddy.Duration `json:"stream_header_timeout,omitempty"`
+
+	// StreamIdleTimeout is the longest a backend may stay silent once its
+	// answer started, so a hung backend cannot hold a slot for ever; and the
+	// longest one write to the client may take, so a client that stopped
+	// reading cannot either. Default: 60s.
 	StreamIdleTimeout caddy.Duration `json:"stream_idle_timeout,omitempty"`
 
 	// MaxFails is how many failures in a row (connect error, 5xx, timeout) put a
@@ -95,6 +105,8 @@ type Handler struct {
 	leaseIDs  leaseIDs
 	metrics   *metrics
 	bmetrics  []*backendMetrics // per backend, same order as backends
+	// failureLogs rate-limit the upstream-failure warnings, per backend.
+	failureLogs []*failureLog
 	// headerValues are the X-Model-Router-Backend values, built once.
 	headerValues [][]string
 	logger       *zap.Logger
@@ -156,7 +168,8 @@ const (
 	defaultMaxQueue              = 256
 	defaultMaxBody               = 4 << 20
 	defaultDialTimeout           = 3 * time.Second
-	defaultResponseHeaderTimeout = 120 * time.Second
+	defaultResponseHeaderTimeout = 15 * time.Minute
+	defaultStreamHeaderTimeout   = 2 * time.Minute
 	defaultStreamIdleTimeout     = 60 * time.Second
 	defaultMaxFails              = 3
 	defaultFailCooldown          = 10 * time.Second

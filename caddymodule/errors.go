@@ -17,8 +17,11 @@ type apiError struct {
 	Type    string // invalid_request_error, server_error, ...
 	Param   string
 	Code    string
-	// RetryAfter, when set, is sent as a jittered Retry-After header.
+	// RetryAfter, when set, is sent as a Retry-After header in whole
+	// seconds, rounded up; spread over [d, 2d] when Jitter is set, so that
+	// clients told to come back do not return all at once.
 	RetryAfter time.Duration
+	Jitter     bool
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Message) }
@@ -57,7 +60,11 @@ func (e *apiError) write(w http.ResponseWriter) {
 	h.Set("Content-Length", strconv.Itoa(len(buf)+1))
 	h.Del("X-Model-Router-Backend")
 	if e.RetryAfter > 0 {
-		h.Set("Retry-After", strconv.Itoa(jitterSeconds(e.RetryAfter)))
+		secs := int((e.RetryAfter + time.Second - 1) / time.Second)
+		if e.Jitter {
+			secs = jitterSeconds(e.RetryAfter)
+		}
+		h.Set("Retry-After", strconv.Itoa(secs))
 	}
 	w.WriteHeader(e.Status)
 	_, _ = w.Write(append(buf, '\n'))

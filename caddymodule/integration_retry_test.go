@@ -99,8 +99,16 @@ func TestIntegrationRetries(t *testing.T) {
 			wantStatus: 500, wantBackend: "a", wantSimA: 1,
 		},
 		{
-			name: "4xx is not retried", header: []string{"X-Sim-Fault", "429"},
-			wantStatus: 429, wantBackend: "a", wantSimA: 1,
+			name: "4xx is not retried", header: []string{"X-Sim-Fault", "404"},
+			wantStatus: 404, wantBackend: "a", wantSimA: 1,
+		},
+		{
+			name: "408 is retried", header: []string{"X-Sim-Fault", "408"},
+			wantStatus: 200, wantBackend: "b", wantRetries: 1, wantB: 1, wantSimA: 1,
+		},
+		{
+			name: "429 is retried", header: []string{"X-Sim-Fault", "429"},
+			wantStatus: 200, wantBackend: "b", wantRetries: 1, wantB: 1, wantSimA: 1,
 		},
 	}
 	for _, tt := range tests {

@@ -18,6 +18,7 @@ import (
 // kinds and outcomes are fixed sets, never user strings.
 type metrics struct {
 	requests   *prometheus.CounterVec
+	attempts   *prometheus.CounterVec
 	rejected   *prometheus.CounterVec
 	retries    *prometheus.CounterVec
 	duration   *prometheus.HistogramVec
@@ -38,6 +39,10 @@ var theMetrics = sync.OnceValue(func() *metrics {
 			Namespace: namespace, Name: "requests_total",
 			Help: "Routed requests by backend, API kind and status class.",
 		}, []string{"backend", "kind", "status"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "attempts_total",
+			Help: "Proxy attempts by backend and outcome: success, client_gone, rate_limited, failed, broken, client_error. Only rate_limited, failed and broken count against a backend.",
+		}, []string{"backend", "outcome"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "rejected_total",
 			Help: "Requests answered by the router itself without reaching a backend, by error code.",
@@ -96,7 +101,23 @@ type backendMetrics struct {
 	// requests are created on first use, so that /metrics lists only the
 	// kind and status combinations that happened.
 	requests [kindCount][len(statusClasses)]atomic.Pointer[prometheus.Counter]
+	// outcomes are created on first use, like requests.
+	outcomes [engine.OutcomeCount]atomic.Pointer[prometheus.Counter]
 	name     string
+}
+
+func (b *backendMetrics) outcome(m *metrics, o engine.Outcome) {
+	k := int(o)
+	if k >= engine.OutcomeCount {
+		return
+	}
+	p := b.outcomes[k].Load()
+	if p == nil {
+		counter := m.attempts.WithLabelValues(b.name, o.String())
+		p = &counter
+		b.outcomes[k].Store(p)
+	}
+	(*p).Inc()
 }
 
 func (m *metrics) forBackend(name string) *backendMetrics {
@@ -127,7 +148,7 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	if reg == nil {
 		return m
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.rejected, m.retries, m.duration, m.ttft, m.queueDepth, m.queueWait, storeCollector{}} {
+	for _, c := range []prometheus.Collector{m.requests, m.attempts, m.rejected, m.retries, m.duration, m.ttft, m.queueDepth, m.queueWait, storeCollector{}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -21,7 +21,7 @@ type modelObject struct {
 func (h *Handler) serveModels(w http.ResponseWriter, id string) {
 	if id != "" {
 		if _, ok := h.modelSet[id]; !ok {
-			invalidRequest(http.StatusNotFound, "model_not_found", "model", "the model does not exist or is not served by this gateway").write(w)
+			h.reject(w, invalidRequest(http.StatusNotFound, "model_not_found", "model", "the model does not exist or is not served by this gateway"))
 			return
 		}
 		writeJSON(w, modelObject{ID: id, Object: "model", Created: created, OwnedBy: "model-router"})

@@ -57,6 +57,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ResponseHeaderTimeout == 0 {
 		h.ResponseHeaderTimeout = caddy.Duration(defaultResponseHeaderTimeout)
 	}
+	if h.StreamHeaderTimeout == 0 {
+		h.StreamHeaderTimeout = caddy.Duration(defaultStreamHeaderTimeout)
+	}
 	if h.StreamIdleTimeout == 0 {
 		h.StreamIdleTimeout = caddy.Duration(defaultStreamIdleTimeout)
 	}
@@ -142,6 +145,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	for i := range h.backends {
 		h.bmetrics = append(h.bmetrics, h.metrics.forBackend(h.backends[i].Name))
 		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
+		h.failureLogs = append(h.failureLogs, newFailureLog())
 	}
 	return nil
 }

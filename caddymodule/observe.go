@@ -2,28 +2,86 @@ package caddymodule
 
 import (
 	"net/http"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/time/rate"
 
+	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/loadstate"
 )
 
-// record feeds a successful attempt's end-to-end latency into the sketches.
-func (rt *routing) record(backend int, attemptStart time.Time) {
-	rt.h.sketches.Record(rt.h.backends[backend].Name, loadstate.EndToEnd, now().Sub(attemptStart))
+// failureLogEvery is how often, at most, an upstream failure is logged at
+// warn level per backend; the failures in between are counted in the next
+// line's "suppressed" field.
+const failureLogEvery = 10 * time.Second
+
+// failureLog rate-limits one backend's upstream-failure warnings.
+type failureLog struct {
+	every      rate.Sometimes
+	suppressed atomic.Int64
 }
 
-// recordTTFT feeds a stream's time to first token into the sketches and
-// metrics. It runs however the request ended: a client that hangs up right
-// after the last event still got its first token when it got it.
-func (rt *routing) recordTTFT(backend int, aw *attemptWriter) {
-	if !rt.req.Stream || aw.firstByte < 0 || !aw.committed() || aw.status >= 500 {
+func newFailureLog() *failureLog {
+	return &failureLog{every: rate.Sometimes{Interval: failureLogEvery}}
+}
+
+// observeAttempt learns from one attempt's outcome, and only from what it is
+// evidence of (see engine.Outcome): passive health, the latency sketches and
+// TTFT (successes only), the per-outcome metric, and a rate-limited warning
+// with the reason of an upstream failure.
+func (rt *routing) observeAttempt(backend int, aw *attemptWriter, o engine.Outcome, attemptStart time.Time, err error) {
+	h := rt.h
+	name := h.backends[backend].Name
+	t := now()
+	var retryAfter time.Duration
+	if o == engine.OutcomeRateLimited {
+		retryAfter = aw.retryAfter()
+	}
+	h.health.Record(name, o, t, rt.lease.probe, retryAfter)
+	rt.lease.probe = false
+	bm := h.bmetrics[backend]
+	bm.outcome(h.metrics, o)
+	if o.Teaches() {
+		h.sketches.Record(name, loadstate.EndToEnd, t.Sub(attemptStart))
+		if rt.req.Stream && aw.firstByte >= 0 {
+			h.sketches.Record(name, loadstate.TTFT, aw.firstByte)
+			bm.ttft.Observe(aw.firstByte.Seconds())
+		}
 		return
 	}
-	rt.h.sketches.Record(rt.h.backends[backend].Name, loadstate.TTFT, aw.firstByte)
-	rt.h.bmetrics[backend].ttft.Observe(aw.firstByte.Seconds())
+	if o.AgainstBackend() {
+		rt.logFailure(backend, aw, o, err)
+	}
+}
+
+// logFailure warns about an upstream failure with its reason (connection
+// refused, timeout, status, ...), at most once per failureLogEvery per
+// backend. Never the request or the answer's content.
+func (rt *routing) logFailure(backend int, aw *attemptWriter, o engine.Outcome, err error) {
+	fl := rt.h.failureLogs[backend]
+	fl.suppressed.Add(1)
+	fl.every.Do(func() {
+		var reason string
+		switch cause := aw.stopCause(); {
+		case cause != nil:
+			reason = cause.Error()
+		case err != nil:
+			reason = err.Error()
+		case aw.status != 0:
+			reason = "status " + strconv.Itoa(aw.status)
+		default:
+			reason = "the answer broke off"
+		}
+		if c := rt.h.logger.Check(zapcore.WarnLevel, "upstream failed"); c != nil {
+			c.Write(zap.String("backend", rt.h.backends[backend].Name), zap.String("outcome", o.String()),
+				zap.String("reason", reason), zap.Int64("failures_since_last_warning", fl.suppressed.Swap(0)))
+		}
+	})
 }
 
 // logFields adds routing facts to Caddy's access log entry.

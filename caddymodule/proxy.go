@@ -40,9 +40,11 @@ func newBackendProxy(ctx caddy.Context, h *Handler, bc BackendConfig, apiKey str
 	// when it went idle, so a request on a reused connection would get less
 	// than the timeout, and the response-header wait would be capped by it
 	// too. The attempt writer applies it instead, once the response started.
+	// The response header timeouts are not the transport's either: they
+	// differ for streaming and non-streaming requests, and the attempt that
+	// applies them records why it cut the request short.
 	t := &reverseproxy.HTTPTransport{
-		DialTimeout:           h.DialTimeout,
-		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+		DialTimeout: h.DialTimeout,
 	}
 	if u.Scheme == "https" {
 		t.TLS = &reverseproxy.TLSConfig{ServerName: u.Hostname()}

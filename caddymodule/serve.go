@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -15,8 +16,18 @@ const (
 	capabilityHeader = "X-Model-Router-Capability"
 )
 
-// now is the clock, replaceable in tests.
-var now = time.Now
+// clock, when set, replaces time.Now for the router's decisions (passive
+// health, latency windows, queue waits): tests drive time with it. It is an
+// atomic so that a test may set it while handlers of an earlier test finish.
+var clock atomic.Pointer[func() time.Time]
+
+// now is the router's clock: time.Now unless a test set clock.
+func now() time.Time {
+	if f := clock.Load(); f != nil {
+		return (*f)()
+	}
+	return time.Now()
+}
 
 var kinds = map[string]engine.Kind{
 	"/v1/chat/completions": engine.KindChat,
@@ -31,7 +42,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if kind, ok := kinds[path]; ok {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
-			invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use POST for "+path).write(w)
+			h.reject(w, invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use POST for "+path))
 			return nil
 		}
 		return h.route(w, r, kind)
@@ -39,14 +50,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if path == "/v1/models" || strings.HasPrefix(path, "/v1/models/") {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead {
 			w.Header().Set("Allow", "GET, HEAD")
-			invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use GET for "+path).write(w)
+			h.reject(w, invalidRequest(http.StatusMethodNotAllowed, "method_not_allowed", "", "use GET for "+path))
 			return nil
 		}
 		h.serveModels(w, strings.TrimPrefix(strings.TrimPrefix(path, "/v1/models"), "/"))
 		return nil
 	}
 	if path == "/v1" || strings.HasPrefix(path, "/v1/") {
-		invalidRequest(http.StatusNotFound, "unknown_url", "", "the model router does not serve "+r.Method+" "+path).write(w)
+		h.reject(w, invalidRequest(http.StatusNotFound, "unknown_url", "", "the model router does not serve "+r.Method+" "+path))
 		return nil
 	}
 	return next.ServeHTTP(w, r)
@@ -56,8 +67,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 	start := now()
 	body, apiErr := h.readBody(r)
 	if apiErr != nil {
-		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
-		apiErr.write(w)
+		h.reject(w, apiErr)
 		return nil
 	}
 	c, apiErr := classify(body, kind)
@@ -65,25 +75,23 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 		apiErr = h.checkModel(r, &c.req)
 	}
 	if apiErr != nil {
-		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
-		apiErr.write(w)
+		h.reject(w, apiErr)
 		return nil
 	}
 
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	rt := &routing{h: h, req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next()}
+	rt := &routing{h: h, ctx: r.Context(), req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next()}
 	rt.lease = lease{h: h, id: rt.id, backend: -1}
 	defer rt.lease.release()
 
-	backend, apiErr := rt.acquire(r.Context())
+	backend, apiErr := rt.acquire()
 	if apiErr != nil {
 		if apiErr.Status == 499 {
 			w.WriteHeader(499) // the client left while waiting; nobody reads a body
 			return nil
 		}
-		h.metrics.rejected.WithLabelValues(apiErr.Code).Inc()
-		apiErr.write(w)
+		h.reject(w, apiErr)
 		return nil
 	}
 	return rt.proxy(w, r, backend)
@@ -109,4 +117,11 @@ func (h *Handler) checkModel(r *http.Request, req *engine.Request) *apiError {
 		return invalidRequest(http.StatusNotFound, "model_not_found", "model", "the model does not exist or is not served by this gateway")
 	}
 	return nil
+}
+
+// reject answers a request the router refuses itself, and counts it in
+// model_router_rejected_total by its code (a fixed set: never user input).
+func (h *Handler) reject(w http.ResponseWriter, e *apiError) {
+	h.metrics.rejected.WithLabelValues(e.Code).Inc()
+	e.write(w)
 }

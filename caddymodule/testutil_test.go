@@ -30,6 +30,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/modelrouter/modelrouter/caddymodule/sim" // model_router_sim, and its stats type
+	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/loadstate"
 )
 
@@ -72,6 +73,9 @@ type gatewayOptions struct {
 	// gracePeriod bounds how long a reload or stop waits for requests on the
 	// old config. Default: 5s.
 	gracePeriod time.Duration
+	// logFile, when set, receives Caddy's logs (warn and above, JSON)
+	// instead of stderr.
+	logFile string
 }
 
 // startGateway renders the Caddyfile template, adapts it and runs it in a
@@ -128,6 +132,10 @@ func (g *gateway) globalOptions() string {
 	if g.opts.admin {
 		admin = "localhost:" + strconv.Itoa(g.ports["admin"])
 	}
+	output := ""
+	if g.opts.logFile != "" {
+		output = "\n\t\toutput file " + g.opts.logFile + "\n\t\tformat json"
+	}
 	return fmt.Sprintf(`{
 	admin %s
 	persist_config off
@@ -136,10 +144,10 @@ func (g *gateway) globalOptions() string {
 	grace_period %s
 	storage file_system %s
 	log {
-		level WARN
+		level WARN%s
 	}
 }
-`, admin, g.opts.gracePeriod, g.storage)
+`, admin, g.opts.gracePeriod, g.storage, output)
 }
 
 // render fills in the template with this gateway's ports, picking free ones
@@ -618,4 +626,57 @@ func inflightGauge(t *testing.T, pool, backend string) float64 {
 		t.Fatalf("no in-flight series for pool %s backend %s", pool, backend)
 	}
 	return v
+}
+
+// fakeClock drives the router's clock (now) in a test: it starts at the real
+// time and moves only when the test advances it. Install it before starting
+// the gateway, so that it is removed after the gateway stopped.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func useFakeClock(t *testing.T) *fakeClock {
+	t.Helper()
+	c := &fakeClock{t: time.Now()}
+	fn := c.now
+	clock.Store(&fn)
+	t.Cleanup(func() { clock.Store(nil) })
+	return c
+}
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// health returns the passive-health state of the test's pool, as the handler
+// sees it.
+func (g *gateway) health() *engine.Health {
+	g.t.Helper()
+	var h *engine.Health
+	healths.Range(func(key, value any) bool {
+		if k, _ := key.(string); strings.HasPrefix(k, g.pool+"|") {
+			h = value.(pooledHealth).Health
+			return false
+		}
+		return true
+	})
+	if h == nil {
+		g.t.Fatalf("no passive-health state for pool %s", g.pool)
+	}
+	return h
+}
+
+// attemptsOf reads model_router_attempts_total{backend,outcome}.
+func attemptsOf(t *testing.T, backend string, o engine.Outcome) float64 {
+	t.Helper()
+	return metricValue(t, theMetrics().attempts.WithLabelValues(backend, o.String()).(prometheus.Metric))
 }

@@ -34,6 +34,63 @@ const (
 // defaultFilters apply to every strategy, cheapest first.
 var defaultFilters = []Filter{DrainingFilter{}, CooldownFilter{}, ModelFilter{}, ContextFilter{}, CapabilityFilter{}}
 
+// Reason says why no backend is eligible for a request (see Diagnose).
+type Reason uint8
+
+const (
+	// ReasonEligible: some backend is eligible.
+	ReasonEligible Reason = iota
+	// ReasonNoModel: no backend serves the model (for AutoModel: has the
+	// capability).
+	ReasonNoModel
+	// ReasonContext: the backends that serve the model cannot hold the
+	// request (prompt estimate + max tokens over their context): the
+	// client's error, not an outage.
+	ReasonContext
+	// ReasonUnhealthy: backends could serve the request but are set aside
+	// (cooling down, rate-limited or draining).
+	ReasonUnhealthy
+)
+
+// Diagnose says why no backend of the pool is eligible for req, judging the
+// request's fit (model, capability, context) apart from the backends' state
+// (draining, cooling down). It is meant for the rare path where Rank found no
+// eligible backend, and does not allocate.
+func (s *Strategy) Diagnose(req *Request, p *Pool) Reason {
+	serves, fits := false, false
+	n := min(len(p.Backends), len(p.Loads))
+	for i := 0; i < n; i++ {
+		if !(ModelFilter{}).Keep(req, p, i) || !(CapabilityFilter{}).Keep(req, p, i) {
+			continue
+		}
+		serves = true
+		if !(ContextFilter{}).Keep(req, p, i) {
+			continue
+		}
+		fits = true
+		if s.keep(req, p, i) {
+			return ReasonEligible
+		}
+	}
+	switch {
+	case !serves:
+		return ReasonNoModel
+	case !fits:
+		return ReasonContext
+	}
+	return ReasonUnhealthy
+}
+
+// Fits reports whether backend i could serve req apart from its state: it
+// serves the model, has the capability and holds the context. Used to find
+// the backends worth a probe when every candidate is cooling down.
+func (s *Strategy) Fits(req *Request, p *Pool, i int) bool {
+	if i < 0 || i >= len(p.Backends) || i >= len(p.Loads) {
+		return false
+	}
+	return (ModelFilter{}).Keep(req, p, i) && (CapabilityFilter{}).Keep(req, p, i) && (ContextFilter{}).Keep(req, p, i)
+}
+
 // Strategy ranks the backends of a pool for a request: filters decide who may
 // serve it, weighted scorers rate the survivors that have room, and an orderer
 // puts them in the order they should be tried. A Strategy is immutable after

@@ -613,3 +613,46 @@ func TestRankAllocs(t *testing.T) {
 		}
 	}
 }
+
+func TestDiagnose(t *testing.T) {
+	s, err := NewStrategy(StrategyBalanced, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(model string, ctx int, caps map[string]float64, l Load) node {
+		return node{b: Backend{Models: map[string]string{model: model}, Context: ctx, Capabilities: caps, MaxInflight: 1}, l: l}
+	}
+	chat := map[string]float64{"chat": 1}
+	tests := []struct {
+		name  string
+		req   Request
+		nodes []node
+		want  Reason
+	}{
+		{"eligible", Request{Model: "m"}, []node{mk("m", 0, chat, Load{})}, ReasonEligible},
+		{"eligible even when full", Request{Model: "m"}, []node{mk("m", 0, chat, Load{Inflight: 1})}, ReasonEligible},
+		{"nobody serves the model", Request{Model: "x"}, []node{mk("m", 0, chat, Load{})}, ReasonNoModel},
+		{"auto without the capability", Request{Model: AutoModel, Capability: "coding"}, []node{mk("m", 0, chat, Load{})}, ReasonNoModel},
+		{"too long for every context", Request{Model: "m", PromptTokens: 900, MaxTokens: 200}, []node{mk("m", 1000, chat, Load{}), mk("m", 512, chat, Load{})}, ReasonContext},
+		{"too long for those that serve it", Request{Model: "m", PromptTokens: 900}, []node{mk("m", 512, chat, Load{}), mk("other", 0, chat, Load{})}, ReasonContext},
+		{"fits but cooling down", Request{Model: "m", PromptTokens: 900}, []node{mk("m", 512, chat, Load{}), mk("m", 4096, chat, Load{CoolingDown: true})}, ReasonUnhealthy},
+		{"fits but draining", Request{Model: "m"}, []node{mk("m", 0, chat, Load{Draining: true})}, ReasonUnhealthy},
+		{"too long and cooling down is still the client's error", Request{Model: "m", PromptTokens: 900}, []node{mk("m", 512, chat, Load{CoolingDown: true})}, ReasonContext},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := mkPool(tt.nodes...)
+			if got := s.Diagnose(&tt.req, p); got != tt.want {
+				t.Fatalf("Diagnose = %d, want %d", got, tt.want)
+			}
+			for i := range tt.nodes {
+				want := tt.want != ReasonNoModel && tt.want != ReasonContext && (ModelFilter{}).Keep(&tt.req, p, i) && (ContextFilter{}).Keep(&tt.req, p, i)
+				if tt.want == ReasonUnhealthy || tt.want == ReasonEligible {
+					if got := s.Fits(&tt.req, p, i); got != want {
+						t.Errorf("Fits(%d) = %v, want %v", i, got, want)
+					}
+				}
+			}
+		})
+	}
+}

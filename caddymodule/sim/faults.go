@@ -23,7 +23,16 @@ const (
 	// FaultSlowHeaders holds back the response headers for slowHeadersDelay,
 	// in its slot, and then answers normally.
 	FaultSlowHeaders = "slow_headers"
+	// FaultStallMidstream starts the answer (a few stream events, or the
+	// headers and part of a JSON body) and then goes silent without ending
+	// it, until the client goes away.
+	FaultStallMidstream = "stall_midstream"
 )
+
+// RetryAfterHeader names the request header that makes a status fault's
+// answer carry Retry-After with its value (seconds), e.g. to try how a
+// gateway handles a rate-limited backend.
+const RetryAfterHeader = "X-Sim-Retry-After"
 
 // slowHeadersDelay is how long slow_headers holds back the headers: longer
 // than any sensible gateway response-header timeout.
@@ -38,17 +47,17 @@ type fault struct {
 	status int // set when mode is a status code
 }
 
-// parseFault accepts "hang", "abort_midstream", "slow_headers" or an error
-// status code 400–599 ("500", "503", "429", ...).
+// parseFault accepts "hang", "abort_midstream", "stall_midstream",
+// "slow_headers" or an error status code 400–599 ("500", "503", "429", ...).
 func parseFault(mode string) (fault, error) {
 	switch mode {
-	case FaultHang, FaultAbortMidstream, FaultSlowHeaders:
+	case FaultHang, FaultAbortMidstream, FaultStallMidstream, FaultSlowHeaders:
 		return fault{mode: mode}, nil
 	}
 	status, err := strconv.Atoi(mode)
 	if err != nil || status < 400 || status > 599 {
-		return fault{}, fmt.Errorf("unknown fault mode %q: want %s, %s, %s or a status code 400-599",
-			mode, FaultHang, FaultAbortMidstream, FaultSlowHeaders)
+		return fault{}, fmt.Errorf("unknown fault mode %q: want %s, %s, %s, %s or a status code 400-599",
+			mode, FaultHang, FaultAbortMidstream, FaultStallMidstream, FaultSlowHeaders)
 	}
 	return fault{mode: mode, status: status}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -269,6 +270,11 @@ func (h *Handler) serveInference(w http.ResponseWriter, r *http.Request, k kind)
 	}
 	switch {
 	case f.status != 0:
+		if ra := r.Header.Get(RetryAfterHeader); ra != "" {
+			if n, err := strconv.Atoi(ra); err == nil && n >= 0 {
+				w.Header().Set("Retry-After", strconv.Itoa(n))
+			}
+		}
 		fail(f.status, fmt.Errorf("simulated failure (fault %s)", f.mode), "")
 		return
 	case f.mode == FaultHang:
@@ -305,33 +311,66 @@ func (h *Handler) serveInference(w http.ResponseWriter, r *http.Request, k kind)
 			return
 		}
 	}
-	abort := f.mode == FaultAbortMidstream
+	brk := noBreak
+	switch f.mode {
+	case FaultAbortMidstream:
+		brk = abortMidstream
+	case FaultStallMidstream:
+		brk = stallMidstream
+	}
 
 	switch {
 	case k == kindEmbedding:
-		h.serveEmbeddings(w, r, l, req, abort)
+		h.serveEmbeddings(w, r, l, req, brk)
 	case req.Stream:
-		h.serveStream(w, r, l, k, req, abort)
+		h.serveStream(w, r, l, k, req, brk)
 	default:
-		h.serveCompletion(w, r, l, k, req, abort)
+		h.serveCompletion(w, r, l, k, req, brk)
 	}
+}
+
+// midstreamBreak is how a faulted answer breaks once it started.
+type midstreamBreak uint8
+
+const (
+	noBreak        midstreamBreak = iota
+	abortMidstream                // the connection is dropped
+	stallMidstream                // the answer stops without ending, until the client goes
+)
+
+// breakAnswer ends a started answer as brk says: an abort panics (the
+// connection drops), a stall starts the JSON answer w has not written yet (if
+// any), flushes it and waits for the client to leave.
+func (h *Handler) breakAnswer(w http.ResponseWriter, r *http.Request, l *lease, brk midstreamBreak, started bool) {
+	if brk == abortMidstream {
+		l.finish(outcomeFailed)
+		panic(http.ErrAbortHandler)
+	}
+	if !started {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, `{"id":"stalled","object":`)
+	}
+	_ = http.NewResponseController(w).Flush()
+	<-r.Context().Done()
+	l.finish(outcomeFailed)
 }
 
 // serveCompletion answers a non-streaming chat, text or responses request
 // after the whole generation time.
-func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, abort bool) {
+func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, brk midstreamBreak) {
 	c := h.newCompletion(req, idPrefix(k))
 	d := h.ttft
-	if !abort {
+	if brk == noBreak {
 		d += time.Duration(len(c.pieces)-1) * h.perToken
 	}
 	if h.wait(r.Context(), d) != nil {
 		l.finish(outcomeCanceled)
 		return
 	}
-	if abort {
-		l.finish(outcomeFailed)
-		panic(http.ErrAbortHandler)
+	if brk != noBreak {
+		h.breakAnswer(w, r, l, brk, false)
+		return
 	}
 	var answer any
 	switch k {
@@ -349,14 +388,14 @@ func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lea
 }
 
 // serveEmbeddings answers an embeddings request after TTFT.
-func (h *Handler) serveEmbeddings(w http.ResponseWriter, r *http.Request, l *lease, req *inferenceRequest, abort bool) {
+func (h *Handler) serveEmbeddings(w http.ResponseWriter, r *http.Request, l *lease, req *inferenceRequest, brk midstreamBreak) {
 	if h.wait(r.Context(), h.ttft) != nil {
 		l.finish(outcomeCanceled)
 		return
 	}
-	if abort {
-		l.finish(outcomeFailed)
-		panic(http.ErrAbortHandler)
+	if brk != noBreak {
+		h.breakAnswer(w, r, l, brk, false)
+		return
 	}
 	answer := h.newEmbeddings(req)
 	l.finish(outcomeServed)

@@ -77,7 +77,7 @@ type streamFormat interface {
 
 // serveStream answers a streaming chat, text or responses request: headers
 // at once, the first token after TTFT, each further token PerToken later.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, abort bool) {
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, brk midstreamBreak) {
 	c := h.newCompletion(req, idPrefix(k))
 	var format streamFormat
 	switch k {
@@ -114,9 +114,9 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, 
 			l.finish(outcomeCanceled)
 			return
 		}
-		if abort && i+1 == abortAfter {
-			l.finish(outcomeFailed)
-			panic(http.ErrAbortHandler)
+		if brk != noBreak && i+1 == abortAfter {
+			h.breakAnswer(w, r, l, brk, true)
+			return
 		}
 	}
 	l.finish(outcomeServed)
