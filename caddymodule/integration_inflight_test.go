@@ -199,7 +199,6 @@ func TestIntegrationInflightReleased(t *testing.T) {
 	})
 
 	t.Run("upstream goes silent mid-stream", func(t *testing.T) {
-		start := time.Now()
 		resp, err := http.Post(url, "application/json", strings.NewReader(streamBody("silent")))
 		if err != nil {
 			t.Fatalf("the stream must start before it stalls: %v", err)
@@ -210,16 +209,13 @@ func TestIntegrationInflightReleased(t *testing.T) {
 			t.Errorf("status %d, read err %v, body %q: want 200, the first event, then a broken stream", resp.StatusCode, err, got)
 		}
 		checkIdle(t)
-		if d := time.Since(start); d > 20*time.Second {
-			t.Errorf("a silent backend held its slot for %s; stream_idle_timeout is 500ms", d)
-		}
 	})
 
 	// A client that goes away in the middle of a long stream: the slot is
 	// released long before the stream would have ended (1000 tokens × 30ms).
 	for _, how := range []string{"cancels its context", "closes the body"} {
 		t.Run("client "+how+" mid-stream", func(t *testing.T) {
-			start := time.Now()
+			served := g.simStats("long").Served
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(streamBody("long")))
@@ -247,8 +243,8 @@ func TestIntegrationInflightReleased(t *testing.T) {
 				resp.Body.Close()
 			}
 			checkIdle(t)
-			if d := time.Since(start); d > 20*time.Second {
-				t.Errorf("slot released after %s: it waited for the stream's end, not for the client", d)
+			if g.simStats("long").Served != served {
+				t.Errorf("the slot came back because the stream ended, not because the client left")
 			}
 		})
 	}

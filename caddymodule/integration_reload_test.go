@@ -101,18 +101,19 @@ func TestIntegrationReloadUnderLoad(t *testing.T) {
 
 	// Reload three times while the backends are full and requests wait.
 	for v := 1; v <= 3; v++ {
-		time.Sleep(150 * time.Millisecond)
-		snap := g.inflight()
-		if snap["a"]+snap["b"] == 0 {
-			t.Errorf("reload %d: nothing in flight; the reload is not under load", v)
-		}
+		eventually(t, drainTimeout, fmt.Sprintf("requests in flight before reload %d", v), func() bool {
+			snap := g.inflight()
+			return snap["a"]+snap["b"] > 0
+		})
 		if err := g.reload(reloadCaddyfile(v)); err != nil {
 			stop.Store(true)
 			wg.Wait()
 			t.Fatalf("reload %d: %v", v, err)
 		}
 	}
-	time.Sleep(150 * time.Millisecond)
+	// Keep the load on until requests are answered under the last config.
+	answered := ok.Load()
+	eventually(t, drainTimeout, "answers after the last reload", func() bool { return ok.Load() >= answered+clients })
 	stop.Store(true)
 	wg.Wait()
 	close(failures)
