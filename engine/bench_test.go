@@ -26,9 +26,20 @@ func benchPool() *Pool {
 			Inflight:   rnd.Intn(p.Backends[i].MaxInflight),
 			LatencyP95: time.Duration(rnd.Intn(5)) * 100 * ms,
 			TTFTP95:    time.Duration(rnd.Intn(3)) * 20 * ms,
+			Perf: Perf{
+				TTFTBase:     time.Duration(rnd.Intn(100)+10) * ms,
+				TTFTPerToken: float64(rnd.Intn(200)) * 1000,
+				TPOT:         time.Duration(rnd.Intn(20)+2) * ms,
+				MeanService:  time.Duration(rnd.Intn(3000)+200) * ms,
+				Samples:      rnd.Intn(100),
+			},
+			Waiting:  rnd.Intn(3),
+			Feedback: float64(rnd.Intn(10)+1) / 10,
 		}
 	}
 	p.Loads[3].Inflight = p.Backends[3].MaxInflight
+	p.Loads[5].Inflight = p.Backends[5].MaxInflight
+	p.Loads[5].Perf.TPOT = ms // full, but worth waiting for
 	p.Loads[9].Draining = true
 	return p
 }

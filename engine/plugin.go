@@ -86,6 +86,14 @@ type lockedRand struct {
 	rnd Rand
 }
 
+// intn draws one number in [0,n) in a critical section.
+func (l *lockedRand) intn(n int) int {
+	l.mu.Lock()
+	v := l.rnd.Intn(n)
+	l.mu.Unlock()
+	return ((v % n) + n) % n
+}
+
 // two draws two distinct indexes in [0,n), n >= 2, in one critical section.
 func (l *lockedRand) two(n int) (int, int) {
 	l.mu.Lock()

@@ -11,6 +11,7 @@ import (
 const (
 	StrategyGreedy     = "greedy"
 	StrategyBalanced   = "balanced"
+	StrategyFastest    = "fastest"
 	StrategyLeastLoad  = "least_load"
 	StrategyP2C        = "p2c"
 	StrategyRoundRobin = "round_robin"
@@ -20,16 +21,68 @@ const (
 	DefaultStrategy = StrategyBalanced
 )
 
-// The balanced blend. Capability leads because sending a coding prompt to a weak
-// coder costs more than a short queue; load is close behind so that the best
-// backend does not take everything while others idle; latency and cost only
-// nudge between otherwise similar backends. They sum to 1.
-const (
-	balancedCapabilityWeight = 0.45
-	balancedLoadWeight       = 0.35
-	balancedLatencyWeight    = 0.15
-	balancedCostWeight       = 0.05
-)
+// Weights are the balanced strategy's blend of its four scores. They need
+// not sum to 1: the blend is divided by their sum. Negative weights are
+// invalid (see Validate).
+type Weights struct {
+	Capability float64 // how good the backend is at the request's task
+	Latency    float64 // predicted completion (time to first token for streams), waits included
+	Load       float64 // free share of its slots
+	Cost       float64 // cheapness
+}
+
+// DefaultWeights is the balanced blend. Capability and predicted latency lead
+// together: sending a coding prompt to a weak coder costs more than a short
+// wait, and sending a long answer to a slow backend costs more than waiting
+// for a fast one. Load keeps the best backend from taking everything while
+// others idle; cost only nudges between otherwise similar backends.
+var DefaultWeights = Weights{Capability: 0.40, Latency: 0.40, Load: 0.15, Cost: 0.05}
+
+// Validate reports a weight that is negative or not a number, or weights that
+// are all zero.
+func (w Weights) Validate() error {
+	for _, x := range []struct {
+		name string
+		v    float64
+	}{{"capability", w.Capability}, {"latency", w.Latency}, {"load", w.Load}, {"cost", w.Cost}} {
+		if x.v < 0 || math.IsNaN(x.v) || math.IsInf(x.v, 0) {
+			return fmt.Errorf("weight %s must be a non-negative number, not %v", x.name, x.v)
+		}
+	}
+	if w.Capability+w.Latency+w.Load+w.Cost == 0 {
+		return fmt.Errorf("at least one weight must be positive")
+	}
+	return nil
+}
+
+// DefaultExplore is the default exploration share: at most this share of the
+// requests that could go to a backend the router knows too little about is
+// sent there, so that it gets data (see StrategyOptions.Explore).
+const DefaultExplore = 0.05
+
+// exploreMinSamples is how many successful attempts a backend's model must
+// have in the window to count as known.
+const exploreMinSamples = 8
+
+// waitGain is how much sooner waiting for a full backend must be predicted to
+// finish than the best backend with room, for a predictive strategy to rank
+// the full one first: at most 90% of its predicted cost. Predictions are
+// estimates; a slot in hand is worth a margin.
+const waitGain = 0.9
+
+// StrategyOptions tune NewStrategyWith. The zero value gives the defaults.
+type StrategyOptions struct {
+	// Rand draws p2c's pairs and exploration; access is serialised. nil: a
+	// fixed-seed SplitMix64 sequence (deterministic).
+	Rand Rand
+	// Weights of the balanced blend; nil: DefaultWeights.
+	Weights *Weights
+	// Explore is the exploration share of the predictive strategies
+	// (balanced, fastest): when a backend with room has fewer than 8
+	// successes in the window for the request's model, the request is sent
+	// to it with this probability. 0: DefaultExplore; negative: never.
+	Explore float64
+}
 
 // defaultFilters apply to every strategy, cheapest first.
 var defaultFilters = []Filter{DrainingFilter{}, CooldownFilter{}, ModelFilter{}, ContextFilter{}, CapabilityFilter{}}
@@ -103,41 +156,83 @@ type Strategy struct {
 	totalWeight float64
 	order       orderer
 	turn        atomic.Uint64 // advances once per Rank: round robin and tie rotation
+	// predictive strategies predict each candidate's timeline, may rank a
+	// full backend first (the request should wait for it), and explore.
+	predictive bool
+	explore    float64
+	rnd        *lockedRand
 }
 
 // StrategyNames returns the valid strategy names, the default among them.
 func StrategyNames() []string {
-	return []string{StrategyGreedy, StrategyBalanced, StrategyLeastLoad, StrategyP2C, StrategyRoundRobin, StrategyLatency}
+	return []string{StrategyGreedy, StrategyBalanced, StrategyFastest, StrategyLeastLoad, StrategyP2C, StrategyRoundRobin, StrategyLatency}
 }
 
-// NewStrategy builds the named strategy; "" means DefaultStrategy. rnd is used
-// only by p2c; access to it is serialised inside the strategy, so a plain
-// *math/rand.Rand will do. When rnd is nil, p2c draws from a fixed-seed
-// SplitMix64 sequence, which keeps it deterministic.
+// NewStrategy builds the named strategy with default options; "" means
+// DefaultStrategy. rnd is used by p2c and for exploration (see
+// StrategyOptions.Rand).
+func NewStrategy(name string, rnd Rand) (*Strategy, error) {
+	return NewStrategyWith(name, StrategyOptions{Rand: rnd})
+}
+
+// NewStrategyWith builds the named strategy; "" means DefaultStrategy.
 //
 //	greedy       score = capability                               order by score
-//	balanced     score = .45 capability + .35 load + .15 latency + .05 cost   order by score
+//	balanced     score = (wc·capability + wl·prediction + wd·load + wk·cost) ÷ (wc+wl+wd+wk)
+//	             (DefaultWeights .40/.40/.15/.05)                 order by score
+//	fastest      score = prediction  (cheapest predicted cost ÷ own)          order by score
 //	least_load   score = load       order by Inflight/MaxInflight, then free slots
 //	p2c          score = load       the less loaded of two random picks, then least_load order
 //	round_robin  score = load       pool order rotated by a counter
 //	latency      score = latency    unknown latency first, then lowest p95 (TTFT p95 for streams)
 //
-// Every score is multiplied by the backend's Weight (0 means 1). Score-ordered
-// strategies (greedy, balanced) break ties by lower load ratio, then by rotating
-// the tied backends on every call. The classic baselines order by their own
-// metric, so Weight only shows in their Score.
-func NewStrategy(name string, rnd Rand) (*Strategy, error) {
+// where capability is the backend's score for the request's task, load is
+// its free share of slots, cost is cheapest ÷ its price, and prediction is
+// the cheapest predicted cost ÷ its predicted cost (see Predict and
+// PredictionScorer: the expected wait for a slot, time to first token from
+// the prompt size, and time per output token times the expected output).
+//
+// Every score is multiplied by the backend's Weight (0 means 1) and, for
+// balanced and fastest, by its adaptive Feedback (see FeedbackFactor).
+// Score-ordered strategies (greedy, balanced, fastest) break ties by lower load ratio, then by rotating the tied
+// backends on every call. The classic baselines order by their own metric,
+// so Weight only shows in their Score.
+//
+// balanced and fastest are predictive: they may rank first a backend that is
+// full when waiting for it is predicted to finish the request sooner (by at
+// least 10%) than any backend with room, and they explore backends they know
+// too little about (see StrategyOptions.Explore).
+func NewStrategyWith(name string, o StrategyOptions) (*Strategy, error) {
 	s := &Strategy{name: name, filters: defaultFilters}
+	rnd := o.Rand
+	if rnd == nil {
+		rnd = &splitMix{}
+	}
+	s.rnd = &lockedRand{rnd: rnd}
 	switch name {
 	case "", StrategyBalanced:
 		s.name = StrategyBalanced
+		w := DefaultWeights
+		if o.Weights != nil {
+			w = *o.Weights
+		}
+		if err := w.Validate(); err != nil {
+			return nil, err
+		}
 		s.scorers = []Weighted{
-			{CapabilityScorer{}, balancedCapabilityWeight},
-			{LoadScorer{}, balancedLoadWeight},
-			{LatencyScorer{}, balancedLatencyWeight},
-			{CostScorer{}, balancedCostWeight},
+			{CapabilityScorer{}, w.Capability},
+			{PredictionScorer{}, w.Latency},
+			{LoadScorer{}, w.Load},
+			{CostScorer{}, w.Cost},
 		}
 		s.order = scoreOrder{}
+		s.predictive = true
+	case StrategyFastest:
+		// Ordering by this score is ordering by predicted cost ÷ (weight ×
+		// feedback), cheapest first.
+		s.scorers = []Weighted{{PredictionScorer{}, 1}}
+		s.order = scoreOrder{}
+		s.predictive = true
 	case StrategyGreedy:
 		s.scorers = []Weighted{{CapabilityScorer{}, 1}}
 		s.order = scoreOrder{}
@@ -145,11 +240,8 @@ func NewStrategy(name string, rnd Rand) (*Strategy, error) {
 		s.scorers = []Weighted{{LoadScorer{}, 1}}
 		s.order = leastLoadOrder{}
 	case StrategyP2C:
-		if rnd == nil {
-			rnd = &splitMix{}
-		}
 		s.scorers = []Weighted{{LoadScorer{}, 1}}
-		s.order = p2cOrder{rnd: &lockedRand{rnd: rnd}}
+		s.order = p2cOrder{rnd: s.rnd}
 	case StrategyRoundRobin:
 		s.scorers = []Weighted{{LoadScorer{}, 1}}
 		s.order = roundRobinOrder{}
@@ -158,6 +250,13 @@ func NewStrategy(name string, rnd Rand) (*Strategy, error) {
 		s.order = latencyOrder{}
 	default:
 		return nil, fmt.Errorf("unknown strategy %q (valid: %s)", name, strings.Join(StrategyNames(), ", "))
+	}
+	if s.predictive {
+		s.explore = o.Explore
+		if s.explore == 0 {
+			s.explore = DefaultExplore
+		}
+		s.explore = min(s.explore, 1)
 	}
 	for _, w := range s.scorers {
 		s.totalWeight += w.Weight
@@ -173,27 +272,108 @@ func (s *Strategy) Name() string { return s.name }
 // eligible == 0 means "no backend can serve this" (the caller answers 503 no healthy backend);
 // len(ranked)==0 && eligible>0 means "all full, wait".
 //
+// A predictive strategy (balanced, fastest) may put first one or more
+// candidates marked Full: backends without room that the request is
+// predicted to finish sooner on by waiting for a slot (by at least 10%, see
+// waitGain) than on any backend with room, which follow them. The caller then
+// waits for those backends rather than take a slot now. Predictive
+// strategies fill each candidate's Predicted timeline.
+//
 // A backend with MaxInflight <= 0 never has room. Backends without a Load
 // (len(p.Loads) < len(p.Backends)) are skipped rather than assumed idle. Rank does
-// not allocate when out has capacity for the candidates.
+// not allocate when out has capacity for the eligible backends.
 func (s *Strategy) Rank(req *Request, p *Pool, out []Candidate) (ranked []Candidate, eligible int) {
 	out = out[:0]
 	n := min(len(p.Backends), len(p.Loads))
+	free := 0
 	for i := 0; i < n; i++ {
 		if !s.keep(req, p, i) {
 			continue
 		}
 		eligible++
-		if b := &p.Backends[i]; b.MaxInflight > 0 && p.Loads[i].HasRoom(b) {
-			out = append(out, Candidate{Index: i})
+		b := &p.Backends[i]
+		room := b.MaxInflight > 0 && p.Loads[i].HasRoom(b)
+		if room {
+			free++
+		}
+		if room || (s.predictive && b.MaxInflight > 0) {
+			out = append(out, Candidate{Index: i, Full: !room})
 		}
 	}
-	if len(out) == 0 {
-		return out, eligible
+	if free == 0 {
+		// Everything full: the caller waits for whichever frees first.
+		return out[:0], eligible
+	}
+	if s.predictive {
+		fallback := PoolPerf(p)
+		for k := range out {
+			i := out[k].Index
+			out[k].Predicted = Predict(req, &p.Backends[i], &p.Loads[i], &fallback)
+		}
 	}
 	s.score(req, p, out)
 	s.order.order(req, p, out, s.turn.Add(1)-1)
+	if s.predictive {
+		out = s.keepWorthWaiting(req, out)
+		s.exploreFirst(p, out)
+	}
 	return out, eligible
+}
+
+// keepWorthWaiting drops the full candidates a request should not wait for:
+// every one ranked after the first candidate with room, and the leading ones
+// unless predicted to finish at least 10% sooner than that candidate. cands
+// holds at least one candidate with room.
+func (s *Strategy) keepWorthWaiting(req *Request, cands []Candidate) []Candidate {
+	first := 0
+	for cands[first].Full {
+		first++
+	}
+	keep := 0
+	if bound := float64(cands[first].Predicted.Cost(req.Stream)); bound > 0 {
+		for keep < first {
+			c := float64(cands[keep].Predicted.Cost(req.Stream))
+			if c <= 0 || c > waitGain*bound {
+				break
+			}
+			keep++
+		}
+	}
+	out := cands[:keep]
+	for k := first; k < len(cands); k++ {
+		if !cands[k].Full {
+			out = append(out, cands[k])
+		}
+	}
+	return out
+}
+
+// exploreFirst sends, with probability s.explore, the request to a backend
+// with room that knows too little about the request's model (fewer than
+// exploreMinSamples successes): it moves the first such candidate to the
+// front (ahead of any full one). The share is bounded by s.explore of the
+// requests that could explore.
+func (s *Strategy) exploreFirst(p *Pool, cands []Candidate) {
+	if s.explore <= 0 {
+		return
+	}
+	pick := -1
+	for k := range cands {
+		if !cands[k].Full && p.Loads[cands[k].Index].Perf.Samples < exploreMinSamples {
+			pick = k
+			break
+		}
+	}
+	if pick <= 0 && (pick < 0 || !cands[0].Full) {
+		return // nobody to explore, or it is first already
+	}
+	const scale = 1 << 20
+	if s.rnd.intn(scale) >= int(s.explore*scale) {
+		return
+	}
+	c := cands[pick]
+	copy(cands[1:pick+1], cands[:pick])
+	cands[0] = c
 }
 
 // Eligible reports whether backend i passes every filter, ignoring room (used to decide whether a
@@ -234,7 +414,11 @@ func (s *Strategy) score(req *Request, p *Pool, cands []Candidate) {
 		if s.totalWeight > 0 {
 			sc /= s.totalWeight
 		}
-		cands[k].Score = quantize(sc * backendWeight(&p.Backends[cands[k].Index]))
+		sc *= backendWeight(&p.Backends[cands[k].Index])
+		if s.predictive {
+			sc *= feedback(&p.Loads[cands[k].Index])
+		}
+		cands[k].Score = quantize(sc)
 	}
 }
 

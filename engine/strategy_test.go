@@ -30,7 +30,7 @@ func TestNewStrategy(t *testing.T) {
 	if s := mustStrategy(t, "", nil); s.Name() != DefaultStrategy || DefaultStrategy != StrategyBalanced {
 		t.Errorf(`NewStrategy("").Name() = %q, want balanced`, s.Name())
 	}
-	_, err := NewStrategy("fastest", nil)
+	_, err := NewStrategy("quickest", nil)
 	if err == nil {
 		t.Fatal("unknown strategy accepted")
 	}
@@ -39,7 +39,7 @@ func TestNewStrategy(t *testing.T) {
 			t.Errorf("error %q does not list %q", err, name)
 		}
 	}
-	if !slices.Equal(StrategyNames(), []string{"greedy", "balanced", "least_load", "p2c", "round_robin", "latency"}) {
+	if !slices.Equal(StrategyNames(), []string{"greedy", "balanced", "fastest", "least_load", "p2c", "round_robin", "latency"}) {
 		t.Errorf("StrategyNames() = %v", StrategyNames())
 	}
 }
@@ -90,7 +90,7 @@ func TestRank(t *testing.T) {
 			want: []int{1, 0}, wantEligible: 2,
 		},
 		{
-			// A: .45*1 + .35*.25 + .15*.5 + .05*.5 = .6375; B: .45*.8 + .35*1 + .1 = .81
+			// A: .40*1 + .40*.5 + .15*.25 + .05*.5 = .6625; B: .40*.8 + .40*.5 + .15*1 + .05*.5 = .695
 			name: "balanced: load outweighs a small capability edge", strategy: StrategyBalanced, req: auto,
 			nodes: []node{
 				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 1.0)}, l: Load{Inflight: 3}},
@@ -99,14 +99,16 @@ func TestRank(t *testing.T) {
 			want: []int{1, 0}, wantEligible: 2,
 		},
 		{
-			// A: .45 + .35 + .15*.25 + .05 = .8875; B: .45*.7 + .35 + .15 + .05*.5 = .84
-			name: "balanced: latency and cost nudge", strategy: StrategyBalanced, req: auto,
+			// Predicted 4s, 1s, 1s for the default 256 tokens.
+			// A: .40 + .40*.25 + .15 + .05 = .70; B: .40*.7 + .40 + .15 + .05*.5 = .855;
+			// C: .40*.6 + .40 + .15 + .05 = .84
+			name: "balanced: predicted latency and cost nudge", strategy: StrategyBalanced, req: auto,
 			nodes: []node{
-				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 1.0), Cost: 1}, l: Load{LatencyP95: 400 * ms}},
-				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 0.7)}, l: Load{LatencyP95: 100 * ms}},
-				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 0.6), Cost: 1}, l: Load{LatencyP95: 100 * ms}},
+				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 1.0), Cost: 1}, l: Load{Perf: Perf{TPOT: 16 * ms, Samples: 50}}},
+				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 0.7)}, l: Load{Perf: Perf{TPOT: 4 * ms, Samples: 50}}},
+				{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 0.6), Cost: 1}, l: Load{Perf: Perf{TPOT: 4 * ms, Samples: 50}}},
 			},
-			want: []int{0, 1, 2}, wantEligible: 3,
+			want: []int{1, 2, 0}, wantEligible: 3,
 		},
 		{
 			name: "balanced: weight doubles an equal backend", strategy: StrategyBalanced, req: auto,

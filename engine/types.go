@@ -43,6 +43,10 @@ type Request struct {
 	PromptTokens int    // estimate of the prompt size in tokens
 	MaxTokens    int    // completion tokens asked for; 0 when the client set none
 	Stream       bool
+	// ExpectedOutput is the learned mean output length of the model's
+	// answers, used when MaxTokens is 0; 0 when nothing is known (see
+	// OutputTokens).
+	ExpectedOutput int
 }
 
 // WantedCapability returns the capability the request should be scored by.
@@ -100,6 +104,14 @@ type Load struct {
 	TTFTP95     time.Duration // recent time-to-first-token p95 (streams); 0 = not known
 	CoolingDown bool          // passive health put it aside for now
 	Draining    bool          // an operator asked for no new requests
+
+	// Perf is what is known of the backend's speed for the request's model.
+	Perf Perf
+	// Waiting is how many requests wait for a slot on this backend.
+	Waiting int
+	// Feedback multiplies the backend's score (see FeedbackFactor), in
+	// (0,1]; 0 means 1 (no feedback).
+	Feedback float64
 }
 
 // HasRoom reports whether one more request fits under the backend's limit.
@@ -116,4 +128,11 @@ type Pool struct {
 type Candidate struct {
 	Index int     // index into Pool.Backends
 	Score float64 // weighted score; higher is better
+	// Full marks a backend without room that a predictive strategy ranks
+	// ahead of every backend with room: the request is predicted to finish
+	// sooner by waiting for it (see Strategy.Rank).
+	Full bool
+	// Predicted is the request's predicted timeline on this backend
+	// (predictive strategies only; zero when unknown).
+	Predicted Prediction
 }

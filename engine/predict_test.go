@@ -1,0 +1,330 @@
+package engine
+
+import (
+	"math"
+	"math/rand"
+	"slices"
+	"testing"
+	"time"
+)
+
+// fast and slow are the two kinds of backend of the predictive tests: the
+// slow one is 6× slower per output token.
+var (
+	fastPerf = Perf{TTFTBase: 20 * ms, TTFTPerToken: float64(50 * time.Microsecond), TPOT: 2 * ms, MeanService: 300 * ms, Samples: 50}
+	slowPerf = Perf{TTFTBase: 80 * ms, TTFTPerToken: float64(200 * time.Microsecond), TPOT: 12 * ms, MeanService: 1500 * ms, Samples: 50}
+)
+
+func TestPredict(t *testing.T) {
+	tests := []struct {
+		name     string
+		req      Request
+		b        Backend
+		l        Load
+		fallback Perf
+		want     Prediction
+	}{
+		{
+			name: "room: TTFT from the prompt, TPOT per further token",
+			req:  Request{PromptTokens: 1000, MaxTokens: 101},
+			b:    Backend{MaxInflight: 4}, l: Load{Inflight: 3, Perf: fastPerf},
+			// TTFT 20ms + 1000×50µs = 70ms; total 70ms + 100×2ms = 270ms
+			want: Prediction{TTFT: 70 * ms, Total: 270 * ms},
+		},
+		{
+			name: "full: wait for the slots ahead at the backend's pace",
+			req:  Request{PromptTokens: 0, MaxTokens: 1},
+			b:    Backend{MaxInflight: 4}, l: Load{Inflight: 4, Waiting: 1, Perf: fastPerf},
+			// 2 ahead (itself and one waiting) × 300ms ÷ 4 slots = 150ms
+			want: Prediction{Wait: 150 * ms, TTFT: 170 * ms, Total: 170 * ms},
+		},
+		{
+			name: "full over capacity (a reload lowered it) counts the excess",
+			req:  Request{MaxTokens: 1},
+			b:    Backend{MaxInflight: 2}, l: Load{Inflight: 3, Perf: fastPerf},
+			// 2 ahead × 300ms ÷ 2 = 300ms
+			want: Prediction{Wait: 300 * ms, TTFT: 320 * ms, Total: 320 * ms},
+		},
+		{
+			name: "full with an unknown pace: its own service time stands in",
+			req:  Request{MaxTokens: 11},
+			b:    Backend{MaxInflight: 1}, l: Load{Inflight: 1, Perf: Perf{TTFTBase: 10 * ms, TPOT: 5 * ms}},
+			// service 10 + 10×5 = 60ms; 1 ahead × 60ms ÷ 1
+			want: Prediction{Wait: 60 * ms, TTFT: 70 * ms, Total: 120 * ms},
+		},
+		{
+			name: "no max_tokens: the learned mean output",
+			req:  Request{ExpectedOutput: 51},
+			b:    Backend{MaxInflight: 4}, l: Load{Perf: slowPerf},
+			want: Prediction{TTFT: 80 * ms, Total: 680 * ms},
+		},
+		{
+			name: "nothing known: the default output length",
+			req:  Request{},
+			b:    Backend{MaxInflight: 4}, l: Load{Perf: Perf{TPOT: ms}},
+			want: Prediction{TTFT: 0, Total: time.Duration(DefaultExpectedOutput-1) * ms},
+		},
+		{
+			name: "unknown backend: the fleet average",
+			req:  Request{MaxTokens: 2},
+			b:    Backend{MaxInflight: 4}, l: Load{}, fallback: Perf{TTFTBase: 30 * ms, TPOT: 7 * ms},
+			want: Prediction{TTFT: 30 * ms, Total: 37 * ms},
+		},
+		{
+			name: "unknown everywhere: no prediction",
+			req:  Request{MaxTokens: 2},
+			b:    Backend{MaxInflight: 4}, l: Load{},
+			want: Prediction{},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Predict(&tt.req, &tt.b, &tt.l, &tt.fallback); got != tt.want {
+				t.Fatalf("Predict = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPredictionCost(t *testing.T) {
+	p := Prediction{Wait: 10 * ms, TTFT: 50 * ms, Total: 450 * ms}
+	if got := p.Cost(false); got != 450*ms {
+		t.Errorf("non-stream cost %v, want the completion 450ms", got)
+	}
+	if got := p.Cost(true); got != 250*ms {
+		t.Errorf("stream cost %v, want TTFT + half the rest = 250ms", got)
+	}
+}
+
+func TestPoolPerf(t *testing.T) {
+	p := mkPool(
+		node{l: Load{Perf: Perf{TTFTBase: 10 * ms, TPOT: 2 * ms, Samples: 30}}},
+		node{l: Load{Perf: Perf{TTFTBase: 50 * ms, TPOT: 10 * ms, Samples: 10}}},
+		node{l: Load{Perf: Perf{TTFTBase: time.Second, TPOT: time.Second}}}, // hints only: not an observation
+		node{},
+	)
+	got := PoolPerf(p)
+	if got.TTFTBase != 20*ms || got.TPOT != 4*ms || got.Samples != 0 {
+		t.Fatalf("PoolPerf = %+v, want the sample-weighted mean 20ms/4ms", got)
+	}
+	if pp := PoolPerf(mkPool(node{}, node{})); pp.Known() {
+		t.Fatal("a pool that learned nothing has a known average")
+	}
+}
+
+func TestFeedbackFactor(t *testing.T) {
+	tests := []struct {
+		name             string
+		errors, attempts int
+		latency, slo     time.Duration
+		want             float64
+	}{
+		{"healthy", 0, 100, 0, 0, 1},
+		{"10% errors", 10, 100, 0, 0, 0.81},
+		{"50% errors", 50, 100, 0, 0, 0.25},
+		{"too few attempts for a rate", 3, 4, 0, 0, 1},
+		{"every attempt failing: the floor", 10, 10, 0, 0, MinFeedback},
+		{"within its SLO", 0, 100, 400 * ms, 500 * ms, 1},
+		{"twice its SLO", 0, 100, time.Second, 500 * ms, 0.5},
+		{"errors and slow multiply", 10, 100, time.Second, 500 * ms, 0.405},
+		{"no SLO set", 0, 100, time.Minute, 0, 1},
+		{"recovered: the window forgot the errors", 0, 20, 0, 0, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := FeedbackFactor(tt.errors, tt.attempts, tt.latency, tt.slo); math.Abs(got-tt.want) > 1e-12 {
+				t.Fatalf("FeedbackFactor = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestFeedbackDecay: as a sliding window forgets an outage, the factor climbs
+// back to 1, monotonically.
+func TestFeedbackDecay(t *testing.T) {
+	// A window of 60 attempts; the backend failed 30 in a row, then every
+	// new attempt succeeds and one old failure leaves the window.
+	prev := 0.0
+	for ok := 0; ok <= 60; ok++ {
+		errors := max(30-ok, 0)
+		f := FeedbackFactor(errors, 60, 0, 0)
+		if f < prev {
+			t.Fatalf("after %d successes the factor fell from %v to %v", ok, prev, f)
+		}
+		prev = f
+	}
+	if prev != 1 {
+		t.Fatalf("factor %v once the window holds no failure, want 1", prev)
+	}
+}
+
+// predictivePool is a fast backend with 2 slots and a slow one with 8, for a
+// request of out tokens.
+func predictivePool(fastInflight, fastWaiting, slowInflight int) *Pool {
+	return mkPool(
+		node{b: Backend{Name: "fast", MaxInflight: 2, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: fastInflight, Waiting: fastWaiting, Perf: fastPerf}},
+		node{b: Backend{Name: "slow", MaxInflight: 8, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: slowInflight, Perf: slowPerf}},
+	)
+}
+
+func TestPredictiveRanking(t *testing.T) {
+	long := Request{Model: AutoModel, MaxTokens: 256}
+	short := Request{Model: AutoModel, MaxTokens: 16}
+	longStream := long
+	longStream.Stream = true
+	tests := []struct {
+		name                   string
+		req                    Request
+		fastIn, fastWait, slow int
+		want                   []int // candidate indexes, in order
+		wantFull               []bool
+		balanced               []int // when balanced (whose load score favours a slot in hand) differs
+	}{
+		// Both with room: the fast backend finishes anything sooner.
+		{"long request, both free", long, 0, 0, 0, []int{0, 1}, []bool{false, false}, nil},
+		// Fast full, one slot frees every 150ms: waiting (≈150 + 530ms)
+		// beats the slow backend (≈3.1s).
+		{"long request waits for the fast backend", long, 2, 0, 0, []int{0, 1}, []bool{true, false}, nil},
+		// A short answer: the slow backend (≈260ms) beats waiting for the
+		// fast one (≈150 + 50ms)? No: 200ms < 90% of 260ms. balanced's load
+		// score tips it to the slot in hand.
+		{"short request waits too, a little", short, 2, 0, 0, []int{0, 1}, []bool{true, false}, []int{1}},
+		// With 4 already waiting for the fast one, the slow free backend wins
+		// for a short answer ...
+		{"short request takes the free slow backend when the line is long", short, 2, 4, 0, []int{1}, []bool{false}, nil},
+		// ... but not for a long one.
+		{"long request waits even behind a line", long, 2, 4, 0, []int{0, 1}, []bool{true, false}, nil},
+		// Everything full: nothing ranked, the caller waits for any.
+		{"all full", long, 2, 0, 8, []int{}, []bool{}, nil},
+		// Streams weigh the first token: the long stream still prefers the
+		// fast backend when it has room.
+		{"long stream, both free", longStream, 1, 0, 0, []int{0, 1}, []bool{false, false}, nil},
+	}
+	for _, name := range []string{StrategyFastest, StrategyBalanced} {
+		for _, tt := range tests {
+			t.Run(name+"/"+tt.name, func(t *testing.T) {
+				s, err := NewStrategyWith(name, StrategyOptions{Explore: -1})
+				if err != nil {
+					t.Fatal(err)
+				}
+				p := predictivePool(tt.fastIn, tt.fastWait, tt.slow)
+				ranked, eligible := s.Rank(&tt.req, p, nil)
+				if eligible != 2 {
+					t.Fatalf("eligible %d", eligible)
+				}
+				full := make([]bool, len(ranked))
+				for k, c := range ranked {
+					full[k] = c.Full
+				}
+				want, wantFull := tt.want, tt.wantFull
+				if name == StrategyBalanced && tt.balanced != nil {
+					want, wantFull = tt.balanced, make([]bool, len(tt.balanced))
+				}
+				if !slices.Equal(indexes(ranked), want) || !slices.Equal(full, wantFull) {
+					t.Fatalf("ranked %v full %v, want %v %v (%+v)", indexes(ranked), full, want, wantFull, ranked)
+				}
+				for _, c := range ranked {
+					if c.Predicted.Total <= 0 {
+						t.Errorf("candidate %d has no prediction", c.Index)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestWaitingNeedsAMargin: a full backend predicted to finish only a little
+// sooner than one with room (less than 10%) is not waited for.
+func TestWaitingNeedsAMargin(t *testing.T) {
+	s, _ := NewStrategyWith(StrategyFastest, StrategyOptions{Explore: -1})
+	same := Perf{TTFTBase: 100 * ms, TPOT: 10 * ms, MeanService: 40 * ms, Samples: 50}
+	slower := same
+	slower.TTFTBase = 105 * ms
+	p := mkPool(
+		node{b: Backend{MaxInflight: 4, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: 4, Perf: same}},   // waits 10ms for 100+90
+		node{b: Backend{MaxInflight: 4, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: 0, Perf: slower}}, // 105+90
+	)
+	ranked, _ := s.Rank(&Request{Model: AutoModel, MaxTokens: 10}, p, nil)
+	if len(ranked) != 1 || ranked[0].Index != 1 || ranked[0].Full {
+		t.Fatalf("ranked %+v: want only the backend with room", ranked)
+	}
+}
+
+// TestFeedbackSteersAway: a backend with a poor feedback factor loses its
+// place to a slower healthy one.
+func TestFeedbackSteersAway(t *testing.T) {
+	for _, name := range []string{StrategyFastest, StrategyBalanced} {
+		s, _ := NewStrategyWith(name, StrategyOptions{Explore: -1})
+		p := predictivePool(0, 0, 0)
+		req := Request{Model: AutoModel, MaxTokens: 32}
+		if ranked, _ := s.Rank(&req, p, nil); ranked[0].Index != 0 {
+			t.Fatalf("%s: healthy fast backend not first: %v", name, indexes(ranked))
+		}
+		p.Loads[0].Feedback = FeedbackFactor(60, 100, 0, 0) // 60% errors: 0.16
+		if ranked, _ := s.Rank(&req, p, nil); ranked[0].Index != 1 {
+			t.Fatalf("%s: erring fast backend still first: %v", name, indexes(ranked))
+		}
+	}
+}
+
+// TestExplorationIsBounded: a backend without data gets about the
+// exploration share of the requests it could take, never much more, and
+// none when exploration is off.
+func TestExplorationIsBounded(t *testing.T) {
+	for _, tt := range []struct {
+		explore  float64
+		min, max float64
+	}{{0, 0.03, 0.07}, {0.2, 0.16, 0.24}, {-1, 0, 0}} {
+		s, _ := NewStrategyWith(StrategyFastest, StrategyOptions{Explore: tt.explore, Rand: rand.New(rand.NewSource(7))})
+		p := mkPool(
+			node{b: Backend{MaxInflight: 4, Capabilities: caps("chat", 1.0)}, l: Load{Perf: fastPerf}},
+			node{b: Backend{MaxInflight: 4, Capabilities: caps("chat", 1.0)}, l: Load{Perf: slowPerf}},
+			node{b: Backend{MaxInflight: 4, Capabilities: caps("chat", 1.0)}, l: Load{Perf: Perf{Samples: 2}}}, // too little data
+		)
+		const n = 20000
+		picked := 0
+		req := Request{Model: AutoModel, MaxTokens: 64}
+		for range n {
+			if ranked, _ := s.Rank(&req, p, nil); ranked[0].Index == 2 {
+				picked++
+			}
+		}
+		if share := float64(picked) / n; share < tt.min || share > tt.max {
+			t.Errorf("explore %v: the unknown backend got %.3f of the requests, want within [%v, %v]", tt.explore, share, tt.min, tt.max)
+		}
+	}
+}
+
+func TestWeights(t *testing.T) {
+	if err := DefaultWeights.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []Weights{{Capability: -1, Latency: 1}, {Latency: math.NaN()}, {}} {
+		if _, err := NewStrategyWith(StrategyBalanced, StrategyOptions{Weights: &w}); err == nil {
+			t.Errorf("weights %+v accepted", w)
+		}
+	}
+	// A coding request: the good coder is slow, the fast one codes badly.
+	p := mkPool(
+		node{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 1.0)}, l: Load{Perf: slowPerf}},
+		node{b: Backend{MaxInflight: 4, Capabilities: caps("coding", 0.3)}, l: Load{Perf: fastPerf}},
+	)
+	req := Request{Model: AutoModel, Capability: "coding", MaxTokens: 200}
+	for _, tt := range []struct {
+		w     Weights
+		first int
+	}{
+		{Weights{Capability: 1}, 0},
+		{Weights{Latency: 1}, 1},
+		{Weights{Capability: 0.8, Latency: 0.2}, 0},
+		{Weights{Capability: 0.2, Latency: 0.8}, 1},
+	} {
+		s, err := NewStrategyWith(StrategyBalanced, StrategyOptions{Weights: &tt.w, Explore: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ranked, _ := s.Rank(&req, p, nil); ranked[0].Index != tt.first {
+			t.Errorf("weights %+v: %v first, want %d (%+v)", tt.w, ranked[0].Index, tt.first, ranked)
+		}
+	}
+}
