@@ -53,15 +53,21 @@ func newBackendProxy(ctx caddy.Context, h *Handler, bc BackendConfig, apiKey str
 		return nil, fmt.Errorf("provisioning transport: %w", err)
 	}
 
+	// The upstream sees its own host name (required by TLS virtual hosts and
+	// most hosted APIs), and never the client's credentials for the gateway.
+	// The body it gets is the one the router read, decoded and with a
+	// Content-Length (setBody): the client's Content-Encoding and Expect no
+	// longer apply. (Transfer-Encoding, Trailer and the other hop-by-hop
+	// fields, Proxy-Authorization among them, the proxy drops itself.)
 	reqOps := &headers.HeaderOps{
-		// The upstream sees its own host name (required by TLS virtual hosts and
-		// most hosted APIs), and never the client's credentials for the gateway.
 		Set:    http.Header{"Host": []string{u.Host}},
-		Delete: []string{"Authorization", capabilityHeader},
+		Delete: []string{"Proxy-Authorization", capabilityHeader, "Content-Encoding", "Expect"},
 	}
 	if apiKey != "" {
-		reqOps.Delete = []string{capabilityHeader}
+		// Set, not Delete too: Caddy applies deletions after Set.
 		reqOps.Set.Set("Authorization", "Bearer "+apiKey)
+	} else {
+		reqOps.Delete = append(reqOps.Delete, "Authorization")
 	}
 	rp := &reverseproxy.Handler{
 		Transport: t,

@@ -65,7 +65,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind) error {
 	start := now()
-	body, apiErr := h.readBody(r)
+	body, apiErr := h.readBody(w, r)
 	if apiErr != nil {
 		h.reject(w, apiErr)
 		return nil
