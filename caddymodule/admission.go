@@ -51,6 +51,10 @@ type routing struct {
 	// alone: every backend that fits the request is set aside by passive
 	// health, so cooling-down backends are offered for probes.
 	alone bool
+	// explain: the decision is to be explained (explain header, or debug
+	// logging); decision holds the ranking the slot was taken from.
+	explain  bool
+	decision []engine.Candidate
 }
 
 // lease is a held slot; release is idempotent.
@@ -128,16 +132,21 @@ func (rt *routing) loadPool() {
 	}
 	loads, probe := rt.sc.loads[:n], rt.sc.probe[:n]
 	t := now()
-	lat := h.latency.get(h, t)
+	view := h.learned.get(h, t)
+	rt.req.ExpectedOutput = view.outputs[rt.req.Model]
 	for i := range h.backends {
-		name := h.backends[i].Name
-		a, _ := h.health.Check(name, t, rt.alone)
+		b := &h.backends[i]
+		a, _ := h.health.Check(b.Name, t, rt.alone)
+		bl := &view.backends[i]
 		loads[i] = engine.Load{
-			Inflight:    h.store.Inflight(name),
-			LatencyP95:  lat[i].e2e,
-			TTFTP95:     lat[i].ttft,
+			Inflight:    h.store.Inflight(b.Name),
+			LatencyP95:  bl.e2e,
+			TTFTP95:     bl.ttft,
 			CoolingDown: a == engine.Unavailable,
 			Draining:    false,
+			Perf:        bl.perf[b.UpstreamModel(rt.req.Model)],
+			Waiting:     h.queue.Waiting(i),
+			Feedback:    bl.feedback,
 		}
 		probe[i] = a == engine.ProbeAvailable
 		if rt.tried != nil && rt.tried.Has(i) {
@@ -202,6 +211,13 @@ func (rt *routing) unhealthy() *apiError {
 
 // acquire takes a slot on the best candidate with room, waiting in the queue
 // (bounded by MaxQueue and MaxWait) when every candidate is full.
+//
+// A predictive strategy may rank first a full backend that the request is
+// predicted to finish sooner on by waiting for it (see engine.Strategy.Rank):
+// the request then waits for those backends only, re-ranking on every wake,
+// for as long as the wait still pays: its predicted wait plus half the
+// predicted gain over the best backend with room (its patience). Past that, it
+// takes the best backend with room, or waits for any.
 func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
 	// The store's calls may take up to the wait budget (a shared store retries
@@ -212,21 +228,19 @@ func (rt *routing) acquire() (int, *apiError) {
 	if apiErr != nil {
 		return -1, apiErr
 	}
-	// Newcomers leave alone the backends someone is already waiting for.
-	var skip func(int) bool
-	if h.queue.Len() > 0 {
-		skip = h.queue.Claimed
-	}
-	if i, apiErr := rt.tryAcquire(ctx, ranked, skip); i >= 0 || apiErr != nil {
-		return i, apiErr
-	}
-
-	wants := loadstate.NewBackendSet(len(h.backends))
-	for i := range h.backends {
-		if h.strategy.Eligible(&rt.req, &rt.pool, i) {
-			wants.Add(i)
+	patience := rt.patience(ranked)
+	if patience == 0 {
+		// Newcomers leave alone the backends someone is already waiting for.
+		var skip func(int) bool
+		if h.queue.Len() > 0 {
+			skip = h.queue.Claimed
+		}
+		if i, apiErr := rt.tryAcquire(ctx, withoutFull(ranked), skip); i >= 0 || apiErr != nil {
+			return i, apiErr
 		}
 	}
+
+	wants := rt.wants(ranked, patience > 0)
 	ticket, err := h.queue.Enter(wants)
 	if err != nil {
 		return -1, rt.full("every backend that can serve this request is busy and the wait queue is full")
@@ -248,26 +262,51 @@ func (rt *routing) acquire() (int, *apiError) {
 	defer timer.Stop()
 	poll := time.NewTicker(waitPoll)
 	defer poll.Stop()
+	var patienceC <-chan time.Time
+	if patience > 0 {
+		pt := time.NewTimer(patience)
+		defer pt.Stop()
+		patienceC = pt.C
+	}
 	// A waiter that looks for room on its own (on joining, on a poll) leaves
 	// backends that an older waiter wants to that waiter. A waiter woken by
 	// a release does not: the queue picked it, oldest first, for that slot,
 	// and an older waiter with a wake of its own has a slot of its own.
 	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
-	skip = claimedAhead
-	woken := false
+	skip := claimedAhead
+	woken, patient := false, patience > 0
 	for {
 		ranked, apiErr := rt.rank()
 		if apiErr != nil {
 			return -1, apiErr
 		}
-		if woken {
+		waitBetter := patient && leadingFull(ranked) > 0
+		if !waitBetter {
+			patient = false // the better backends are no longer predicted better
+		}
+		next := rt.wants(ranked, waitBetter)
+		if !next.Equal(wants) {
+			wants = next
+			h.queue.SetWants(ticket, wants)
+		}
+		try := ranked
+		switch {
+		case waitBetter && woken:
+			// A release on a backend worth waiting for: the store checks
+			// them, whatever the view says.
+			try = ranked[:leadingFull(ranked)]
+		case waitBetter:
+			try = nil // they are full as far as this replica knows
+		case woken:
 			// A release just happened, maybe on another replica, which this
 			// replica's view of the counts may not show yet: let the store,
 			// which decides atomically, check the full ones too.
-			ranked = rt.appendFull(ranked, wants)
-			rt.sc.cands = ranked
+			try = rt.appendFull(ranked, wants)
+			rt.sc.cands = try
+		default:
+			try = withoutFull(ranked)
 		}
-		i, apiErr := rt.tryAcquire(ctx, ranked, skip)
+		i, apiErr := rt.tryAcquire(ctx, try, skip)
 		h.queue.Consumed(ticket)
 		if i >= 0 || apiErr != nil {
 			return i, apiErr
@@ -279,12 +318,70 @@ func (rt *routing) acquire() (int, *apiError) {
 			// Polls trust the local view: no store round trip unless it
 			// shows room.
 			skip, woken = claimedAhead, false
+		case <-patienceC:
+			// Waiting for a better backend no longer pays: settle for any.
+			patienceC, patient = nil, false
+			skip, woken = claimedAhead, false
 		case <-timer.C:
 			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
 		case <-rt.ctx.Done():
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
 		}
 	}
+}
+
+// leadingFull is how many full backends lead the ranking: those the request
+// is predicted to finish sooner on by waiting for them.
+func leadingFull(ranked []engine.Candidate) int {
+	n := 0
+	for n < len(ranked) && ranked[n].Full {
+		n++
+	}
+	return n
+}
+
+// withoutFull drops the full candidates from a ranking, in place.
+func withoutFull(ranked []engine.Candidate) []engine.Candidate {
+	out := ranked[:0]
+	for _, c := range ranked {
+		if !c.Full {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// patience is how long the request may wait for the full backends that lead
+// its ranking: their predicted wait plus half the predicted gain over the
+// best backend with room; 0 when the ranking does not lead with a full one.
+func (rt *routing) patience(ranked []engine.Candidate) time.Duration {
+	n := leadingFull(ranked)
+	if n == 0 || n == len(ranked) {
+		return 0
+	}
+	best, free := ranked[0].Predicted, ranked[n].Predicted
+	gain := free.Cost(rt.req.Stream) - best.Cost(rt.req.Stream)
+	return max(best.Wait+gain/2, time.Millisecond)
+}
+
+// wants is the set of backends a waiting request can use: those worth
+// waiting for (the full ones leading the ranking) when better is set, else
+// every eligible backend.
+func (rt *routing) wants(ranked []engine.Candidate, better bool) loadstate.BackendSet {
+	h := rt.h
+	set := loadstate.NewBackendSet(len(h.backends))
+	if better {
+		for _, c := range ranked[:leadingFull(ranked)] {
+			set.Add(c.Index)
+		}
+		return set
+	}
+	for i := range h.backends {
+		if h.strategy.Eligible(&rt.req, &rt.pool, i) {
+			set.Add(i)
+		}
+	}
+	return set
 }
 
 // wakeForRoom wakes, for every backend the local view shows with room, the
@@ -357,6 +454,9 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed
 	if len(slots) == 0 {
 		return -1, nil
+	}
+	if rt.explain {
+		rt.decision = append(rt.decision[:0], ranked...)
 	}
 	i, err := h.store.Acquire(ctx, rt.id, slots)
 	chosen := -1

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+
+	"github.com/modelrouter/modelrouter/engine"
 )
 
 func init() {
@@ -28,7 +30,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	model_router {
-//	    strategy balanced          # greedy | balanced | least_load | p2c | round_robin | latency
+//	    strategy balanced          # greedy | balanced | fastest | least_load | p2c | round_robin | latency
+//	    weights capability=0.4 latency=0.4 load=0.15 cost=0.05   # balanced's blend
+//	    explore 0.05               # share of requests sent to backends without data; 0: never
+//	    slo_ttft 500ms             # p95 TTFT over it scales a backend's score down
+//	    slo_latency 30s            # p95 end-to-end latency, likewise
+//	    explain_header X-Model-Router-Explain   # requests carrying it get the decision explained
 //	    max_wait 2s                # how long a request may wait for a free slot
 //	    max_queue 256              # waiting requests beyond this get full_status at once
 //	    max_body 4MiB              # larger request bodies get 413
@@ -61,6 +68,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        cost <relative price>
 //	        weight <multiplier>
 //	        api_key <key>          # e.g. {env.FAST_KEY}; sent upstream as a bearer token
+//	        ttft 200ms             # speed hints until it has data: time to first token
+//	        tpot 20ms              #   and time per output token
+//	        slo_ttft 500ms         # this backend's own SLOs
+//	        slo_latency 30s
+//	        max_tokens_inflight <n>   # bound on Σ(prompt estimate + max tokens) in flight
 //	    }
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -84,6 +96,45 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.Strategy = v
+		case "weights":
+			w, err := parseWeights(d)
+			if err != nil {
+				return err
+			}
+			h.Weights = w
+		case "explore":
+			v, err := floatArg(d)
+			if err != nil {
+				return err
+			}
+			if v > 1 {
+				return d.Errf("explore: %v is not a share between 0 and 1", v)
+			}
+			if v == 0 {
+				v = -1 // "explore 0" means never; 0 in JSON means the default
+			}
+			h.Explore = v
+		case "slo_ttft":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.SLOTTFT = v
+		case "slo_latency":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.SLOLatency = v
+		case "explain_header":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if !headerNameRE.MatchString(v) {
+				return d.Errf("explain_header %q is not a header name", v)
+			}
+			h.ExplainHeader = v
 		case "max_wait":
 			v, err := durationArg(d)
 			if err != nil {
@@ -280,6 +331,18 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 				return b, err
 			}
 			b.APIKey = v
+		case "ttft", "tpot", "slo_ttft", "slo_latency":
+			v, err := durationArg(d)
+			if err != nil {
+				return b, err
+			}
+			*map[string]*caddy.Duration{"ttft": &b.TTFT, "tpot": &b.TPOT, "slo_ttft": &b.SLOTTFT, "slo_latency": &b.SLOLatency}[key] = v
+		case "max_tokens_inflight":
+			v, err := intArg(d, 1)
+			if err != nil {
+				return b, err
+			}
+			b.MaxTokensInflight = v
 		default:
 			return b, d.Errf("backend %s: unknown option %q", b.Name, key)
 		}
@@ -294,6 +357,38 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 		return b, d.Err(err.Error())
 	}
 	return b, nil
+}
+
+// parseWeights reads "weights capability=<w> latency=<w> load=<w> cost=<w>";
+// names left out weigh 0.
+func parseWeights(d *caddyfile.Dispenser) (*engine.Weights, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	w := new(engine.Weights)
+	fields := map[string]*float64{"capability": &w.Capability, "latency": &w.Latency, "load": &w.Load, "cost": &w.Cost}
+	seen := map[string]bool{}
+	for _, a := range args {
+		name, val, ok := strings.Cut(a, "=")
+		f, known := fields[name]
+		if !ok || !known {
+			return nil, d.Errf("weights: %q must be <name>=<weight> with name capability, latency, load or cost", a)
+		}
+		if seen[name] {
+			return nil, d.Errf("weights: %s is set twice", name)
+		}
+		seen[name] = true
+		v, err := strconv.ParseFloat(val, 64)
+		if err != nil || v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, d.Errf("weights: %s=%q must be a non-negative number", name, val)
+		}
+		*f = v
+	}
+	if err := w.Validate(); err != nil {
+		return nil, d.Errf("weights: %v", err)
+	}
+	return w, nil
 }
 
 func oneArg(d *caddyfile.Dispenser) (string, error) {

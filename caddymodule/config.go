@@ -20,9 +20,35 @@ import (
 // room, holds a slot on it for the whole request, and proxies the request
 // through Caddy's reverse proxy.
 type Handler struct {
-	// Strategy orders the candidate backends: greedy, balanced, least_load, p2c,
-	// round_robin or latency. Default: balanced.
+	// Strategy orders the candidate backends: greedy, balanced, fastest,
+	// least_load, p2c, round_robin or latency. Default: balanced.
 	Strategy string `json:"strategy,omitempty"`
+
+	// Weights are the balanced strategy's blend of capability, predicted
+	// latency, load and cost (divided by their sum). Default:
+	// engine.DefaultWeights (capability .40, latency .40, load .15, cost .05).
+	Weights *engine.Weights `json:"weights,omitempty"`
+
+	// Explore is the share of requests (0..1) the predictive strategies
+	// (balanced, fastest) may send to a backend with room whose speed they
+	// know too little about, so that it gets data. Default: 0.05; negative:
+	// never.
+	Explore float64 `json:"explore,omitempty"`
+
+	// SLOTTFT and SLOLatency are service-level objectives for every backend
+	// (a backend's own override them): a backend whose recent p95 time to
+	// first token, or end-to-end latency, is over its SLO has its score
+	// scaled down by SLO ÷ p95 (adaptive feedback, see
+	// engine.FeedbackFactor). Default: none.
+	SLOTTFT    caddy.Duration `json:"slo_ttft,omitempty"`
+	SLOLatency caddy.Duration `json:"slo_latency,omitempty"`
+
+	// ExplainHeader, when set, names a request header: a request that
+	// carries it gets an X-Model-Router-Explain response header with every
+	// candidate's score and predicted wait, TTFT and completion (never
+	// request content). Decisions are also logged at debug level. Default:
+	// off.
+	ExplainHeader string `json:"explain_header,omitempty"`
 
 	// MaxWait is how long a request may wait for a free slot when every
 	// candidate is full. Default: 2s.
@@ -91,7 +117,7 @@ type Handler struct {
 	index     map[string]int // backend name → position
 	models    []string       // public model names, sorted, for GET /v1/models
 	modelSet  map[string]struct{}
-	latency   *latencyCache
+	learned   *learnedCache
 	caps      map[string]bool
 	strategy  *engine.Strategy
 	health    *engine.Health
@@ -100,6 +126,9 @@ type Handler struct {
 	store     loadstate.Store
 	storeKey  string
 	sketches  *loadstate.Sketches
+	learner   *loadstate.Learner
+	// upstreams lists each backend's distinct upstream model names.
+	upstreams [][]string
 	queue     *loadstate.WaitQueue
 	stopWatch func()
 	leaseIDs  leaseIDs
@@ -145,6 +174,23 @@ type BackendConfig struct {
 	// Weight multiplies the backend's score. Default: 1.
 	Weight float64 `json:"weight,omitempty"`
 
+	// TTFT and TPOT are hints of the backend's speed: its time to first
+	// token and time per output token. They are the predictions until it
+	// has served requests, and the prior the learned latency model starts
+	// from. Default: none (a backend without data is predicted like the
+	// fleet average).
+	TTFT caddy.Duration `json:"ttft,omitempty"`
+	TPOT caddy.Duration `json:"tpot,omitempty"`
+
+	// SLOTTFT and SLOLatency override the router's SLOs for this backend.
+	SLOTTFT    caddy.Duration `json:"slo_ttft,omitempty"`
+	SLOLatency caddy.Duration `json:"slo_latency,omitempty"`
+
+	// MaxTokensInflight, when set, bounds the sum of (prompt-token estimate +
+	// max tokens) of the requests in flight on the backend, fleet-wide, like
+	// MaxInflight bounds their number. Default: 0 (no token bound).
+	MaxTokensInflight int `json:"max_tokens_inflight,omitempty"`
+
 	// APIKey, when set, is sent upstream as "Authorization: Bearer <key>";
 	// placeholders such as {env.KEY} are expanded. A client's own Authorization
 	// header is never forwarded upstream. Default: none.
@@ -162,6 +208,9 @@ type ModelName struct {
 // nameRE limits backend, pool and capability names: they become metric labels,
 // response headers and parts of Redis keys.
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// headerNameRE is an HTTP header field name (RFC 9110 token), at most 64.
+var headerNameRE = regexp.MustCompile("^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$")
 
 const (
 	defaultMaxWait               = 2 * time.Second
@@ -188,6 +237,20 @@ func (h *Handler) validate() error {
 	}
 	if h.MaxBody < 0 {
 		return fmt.Errorf("max_body must not be negative")
+	}
+	if h.Weights != nil {
+		if err := h.Weights.Validate(); err != nil {
+			return err
+		}
+	}
+	if h.Explore > 1 || h.Explore != h.Explore {
+		return fmt.Errorf("explore must be a share of at most 1, not %v", h.Explore)
+	}
+	if h.SLOTTFT < 0 || h.SLOLatency < 0 {
+		return fmt.Errorf("slo_ttft and slo_latency must not be negative")
+	}
+	if h.ExplainHeader != "" && !headerNameRE.MatchString(h.ExplainHeader) {
+		return fmt.Errorf("explain_header %q is not a header name", h.ExplainHeader)
 	}
 	if h.FullStatus != 503 && h.FullStatus != 429 {
 		return fmt.Errorf("full_status must be 503 or 429, not %d", h.FullStatus)
@@ -238,6 +301,12 @@ func (b *BackendConfig) validate() error {
 	}
 	if b.Weight < 0 {
 		return fmt.Errorf("backend %s: weight must not be negative", b.Name)
+	}
+	if b.TTFT < 0 || b.TPOT < 0 || b.SLOTTFT < 0 || b.SLOLatency < 0 {
+		return fmt.Errorf("backend %s: ttft, tpot, slo_ttft and slo_latency must not be negative", b.Name)
+	}
+	if b.MaxTokensInflight < 0 {
+		return fmt.Errorf("backend %s: max_tokens_inflight must not be negative", b.Name)
 	}
 	if len(b.Models) == 0 {
 		return fmt.Errorf("backend %s: at least one model is required", b.Name)

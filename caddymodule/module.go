@@ -76,7 +76,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	strategy, err := engine.NewStrategy(h.Strategy, pcgRand{r: mrand.New(mrand.NewPCG(seed(), seed()))})
+	strategy, err := engine.NewStrategyWith(h.Strategy, engine.StrategyOptions{
+		Rand:    pcgRand{r: mrand.New(mrand.NewPCG(seed(), seed()))},
+		Weights: h.Weights,
+		Explore: h.Explore,
+	})
 	if err != nil {
 		return err
 	}
@@ -137,7 +141,19 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionStore(ctx); err != nil {
 		return err
 	}
-	h.latency = new(latencyCache)
+	h.learned = new(learnedCache)
+	h.upstreams = make([][]string, len(h.backends))
+	for i, bc := range h.Backends {
+		h.learner.SetHints(bc.Name, engine.Perf{TTFTBase: time.Duration(bc.TTFT), TPOT: time.Duration(bc.TPOT)})
+		seen := map[string]bool{}
+		for _, up := range h.backends[i].Models {
+			if !seen[up] {
+				seen[up] = true
+				h.upstreams[i] = append(h.upstreams[i], up)
+			}
+		}
+		sort.Strings(h.upstreams[i])
+	}
 	h.queue = loadstate.NewWaitQueue(h.MaxQueue)
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()

@@ -1,8 +1,10 @@
 package caddymodule
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +48,15 @@ func (rt *routing) observeAttempt(backend int, aw *attemptWriter, o engine.Outco
 	rt.lease.probe = false
 	bm := h.bmetrics[backend]
 	bm.outcome(h.metrics, o)
+	sample := loadstate.LearnSample{Backend: name, Model: h.backends[backend].UpstreamModel(rt.req.Model), Requested: rt.req.Model,
+		Outcome: o, Stream: rt.req.Stream, Prompt: rt.req.PromptTokens, Total: t.Sub(attemptStart)}
+	if o.Teaches() {
+		sample.Output = aw.outputTokens(rt.req.Stream)
+		if rt.req.Stream {
+			sample.TTFT = aw.firstByte
+		}
+	}
+	h.learner.Record(sample)
 	if o.Teaches() {
 		h.sketches.Record(name, loadstate.EndToEnd, t.Sub(attemptStart))
 		if rt.req.Stream && aw.firstByte >= 0 {
@@ -96,4 +107,34 @@ func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attempt
 	if aw.firstByte >= 0 {
 		extra.Add(zap.Duration("model_router_ttft", aw.firstByte))
 	}
+}
+
+// explanation describes the decision that sent the request to backend: the
+// strategy, then every candidate it ranked, best first, with its score, its
+// load and the request's predicted wait, time to first token and completion
+// on it ("full" marks a backend the request waited for). Never request
+// content; backend names come from configuration.
+//
+//	strategy=balanced chosen=fast; fast score=0.812 inflight=1/2 wait=0s ttft=45ms total=320ms; big score=0.7 ...
+func (rt *routing) explanation(backend int) string {
+	h := rt.h
+	var b strings.Builder
+	b.WriteString("strategy=")
+	b.WriteString(h.strategy.Name())
+	b.WriteString(" chosen=")
+	b.WriteString(h.backends[backend].Name)
+	if rt.alone {
+		b.WriteString(" probe=1")
+	}
+	for _, c := range rt.decision {
+		l := &rt.pool.Loads[c.Index]
+		fmt.Fprintf(&b, "; %s score=%.3f inflight=%d/%d", h.backends[c.Index].Name, c.Score, l.Inflight, h.backends[c.Index].MaxInflight)
+		if c.Full {
+			b.WriteString(" full")
+		}
+		if p := c.Predicted; p.Total > 0 {
+			fmt.Fprintf(&b, " wait=%s ttft=%s total=%s", p.Wait.Round(time.Millisecond), p.TTFT.Round(time.Millisecond), p.Total.Round(time.Millisecond))
+		}
+	}
+	return b.String()
 }

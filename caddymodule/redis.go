@@ -148,7 +148,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 		// The store takes a client reference of its own, given back when the
 		// store's last router is gone.
 		redisClients.LoadOrStore(clientKey, client)
-		return &pooledStore{pool: h.Pool, store: store, sketches: sketches, close: func() error {
+		return &pooledStore{pool: h.Pool, store: store, sketches: sketches, learner: loadstate.NewLearner(0, 0, nil), close: func() error {
 			err := store.Close()
 			_, _ = redisClients.Delete(clientKey)
 			return err
@@ -161,7 +161,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 		return fmt.Errorf("setting up the redis load store for pool %s: %w", h.Pool, err)
 	}
 	ps := v.(*pooledStore)
-	h.store, h.sketches = ps.store, ps.sketches
+	h.store, h.sketches, h.learner = ps.store, ps.sketches, ps.learner
 	ps.addBackends(h.backendNames())
 	return nil
 }

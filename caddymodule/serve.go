@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/modelrouter/modelrouter/engine"
 )
@@ -14,6 +16,8 @@ import (
 const (
 	backendHeader    = "X-Model-Router-Backend"
 	capabilityHeader = "X-Model-Router-Capability"
+	// explainResponseHeader carries the explanation of a routing decision.
+	explainResponseHeader = "X-Model-Router-Explain"
 )
 
 // clock, when set, replaces time.Now for the router's decisions (passive
@@ -85,7 +89,19 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 	rt.lease = lease{h: h, id: rt.id, backend: -1}
 	defer rt.lease.release()
 
+	explainHeader := h.ExplainHeader != "" && r.Header.Get(h.ExplainHeader) != ""
+	debug := h.logger.Core().Enabled(zapcore.DebugLevel)
+	rt.explain = explainHeader || debug
 	backend, apiErr := rt.acquire()
+	if apiErr == nil && rt.explain {
+		text := rt.explanation(backend)
+		if explainHeader {
+			w.Header().Set(explainResponseHeader, text)
+		}
+		if c := h.logger.Check(zapcore.DebugLevel, "routing decision"); c != nil {
+			c.Write(zap.String("model", rt.req.Model), zap.String("explain", text))
+		}
+	}
 	if apiErr != nil {
 		if apiErr.Status == 499 {
 			w.WriteHeader(499) // the client left while waiting; nobody reads a body

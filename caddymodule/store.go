@@ -19,6 +19,7 @@ type pooledStore struct {
 	pool     string
 	store    loadstate.Store
 	sketches *loadstate.Sketches
+	learner  *loadstate.Learner
 	close    func() error
 
 	mu       sync.Mutex
@@ -60,13 +61,14 @@ func (h *Handler) provisionStore(ctx caddy.Context) error {
 	}
 	h.storeKey = "memory:" + h.Pool
 	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
-		return &pooledStore{pool: h.Pool, store: loadstate.NewMemoryStore(), sketches: loadstate.NewSketches(0, 0, nil)}, nil
+		return &pooledStore{pool: h.Pool, store: loadstate.NewMemoryStore(), sketches: loadstate.NewSketches(0, 0, nil),
+			learner: loadstate.NewLearner(0, 0, nil)}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("setting up load store for pool %s: %w", h.Pool, err)
 	}
 	ps := v.(*pooledStore)
-	h.store, h.sketches = ps.store, ps.sketches
+	h.store, h.sketches, h.learner = ps.store, ps.sketches, ps.learner
 	ps.addBackends(h.backendNames())
 	return nil
 }

@@ -44,6 +44,10 @@ type attemptWriter struct {
 	// streamEnded: the stream's terminal event (see endsStream) reached the
 	// client: the answer is complete even if the connection is not closed yet.
 	streamEnded bool
+	// events counts the SSE events of a streamed answer; usage is the output
+	// token count the backend reported (0: none seen). They measure the
+	// answer's length for the latency model.
+	events, usage int
 
 	idle *idleWatch
 	sig  *attemptSignals
@@ -221,6 +225,7 @@ func (a *attemptWriter) Write(p []byte) (int, error) {
 	if a.firstByte < 0 && len(p) > 0 {
 		a.firstByte = time.Since(a.start)
 	}
+	a.measure(p)
 	n, err := a.ResponseWriter.Write(p)
 	if err != nil {
 		a.writeFailed = true
@@ -228,6 +233,55 @@ func (a *attemptWriter) Write(p []byte) (int, error) {
 		a.streamEnded = true
 	}
 	return n, err
+}
+
+// measure notes what a chunk of the answer says about its length.
+func (a *attemptWriter) measure(p []byte) {
+	a.events += bytes.Count(p, dataField)
+	if n := usageTokens(p); n > 0 {
+		a.usage = n
+	}
+}
+
+// outputTokens is the answer's length in tokens: what the backend reported
+// in its usage, else for a stream its events less the two that carry no
+// token (the finish chunk and [DONE]); 0 when unknown.
+func (a *attemptWriter) outputTokens(stream bool) int {
+	switch {
+	case a.usage > 0:
+		return a.usage
+	case stream && a.events > 2:
+		return a.events - 2
+	}
+	return 0
+}
+
+var (
+	dataField = []byte("data:")
+	// The usage fields holding the answer's length: chat and text
+	// completions report completion_tokens, the Responses API output_tokens.
+	usageKeys = [...][]byte{[]byte(`"completion_tokens":`), []byte(`"output_tokens":`)}
+)
+
+// usageTokens finds a usage field's value in a chunk of an answer; 0 when
+// there is none (or it is split across chunks).
+func usageTokens(p []byte) int {
+	for _, key := range usageKeys {
+		i := bytes.LastIndex(p, key)
+		if i < 0 {
+			continue
+		}
+		rest := bytes.TrimLeft(p[i+len(key):], " ")
+		n := 0
+		for _, c := range rest {
+			if c < '0' || c > '9' || n > 1<<24 {
+				break
+			}
+			n = n*10 + int(c-'0')
+		}
+		return n
+	}
+	return 0
 }
 
 // The terminal events of OpenAI streams: chat and text completions end with
@@ -257,6 +311,7 @@ func (a *attemptWriter) release() error {
 	if a.firstByte < 0 {
 		a.firstByte = time.Since(a.start)
 	}
+	a.measure(a.heldBody.Bytes())
 	_, err := a.ResponseWriter.Write(a.heldBody.Bytes())
 	a.heldBody = bytes.Buffer{}
 	if err != nil {

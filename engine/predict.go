@@ -172,10 +172,16 @@ func FeedbackFactor(errors, attempts int, latency, slo time.Duration) float64 {
 		ok := 1 - math.Min(float64(errors)/float64(attempts), 1)
 		f = ok * ok
 	}
+	return math.Max(f*SLOFactor(latency, slo), MinFeedback)
+}
+
+// SLOFactor is min(1, slo ÷ latency): how far a backend's recent latency
+// (a p95) is over its SLO; 1 when either is unknown (0).
+func SLOFactor(latency, slo time.Duration) float64 {
 	if slo > 0 && latency > slo {
-		f *= float64(slo) / float64(latency)
+		return float64(slo) / float64(latency)
 	}
-	return math.Max(f, MinFeedback)
+	return 1
 }
 
 // feedback is a load's multiplier: its Feedback, where 0 (unset) means 1.

@@ -328,3 +328,61 @@ func TestWeights(t *testing.T) {
 		}
 	}
 }
+
+func TestPredictionScorer(t *testing.T) {
+	cands := func(costs ...time.Duration) []Candidate {
+		c := make([]Candidate, len(costs))
+		for k, x := range costs {
+			c[k] = Candidate{Index: k, Predicted: Prediction{TTFT: x, Total: x}}
+		}
+		return c
+	}
+	tests := []struct {
+		name  string
+		pool  *Pool
+		costs []time.Duration
+		want  []float64
+	}{
+		{"no reference: min ÷ own", mkPool(node{}, node{}, node{}), []time.Duration{100 * ms, 200 * ms, 400 * ms}, []float64{1, 0.5, 0.25}},
+		{"unknown is neutral", mkPool(node{}, node{}), []time.Duration{100 * ms, 0}, []float64{1, 0.5}},
+		{
+			"a reference of 1s: absolute lateness counts",
+			mkPool(node{l: Load{Perf: Perf{TPOT: ms, MeanService: time.Second, Samples: 1}}}, node{}, node{}),
+			[]time.Duration{100 * ms, 600 * ms, 1100 * ms}, []float64{1, 1 / 1.5, 0.5},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := cands(tt.costs...)
+			got := make([]float64, len(c))
+			PredictionScorer{}.Score(&Request{}, tt.pool, c, got)
+			for k := range tt.want {
+				if math.Abs(got[k]-tt.want[k]) > 1e-9 {
+					t.Fatalf("scores %v, want %v", got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+// TestBalancedKeepsFastSlotsForLongAnswers: with both backends free but the
+// fast one half busy, balanced sends a long answer to the fast backend and a
+// short one to the slow backend (whose slot costs it little); fastest sends
+// both to the fast one.
+func TestBalancedKeepsFastSlotsForLongAnswers(t *testing.T) {
+	p := predictivePool(1, 0, 0)
+	for _, tt := range []struct {
+		strategy    string
+		out         int
+		wantBackend int
+	}{
+		{StrategyBalanced, 256, 0}, {StrategyBalanced, 8, 1},
+		{StrategyFastest, 256, 0}, {StrategyFastest, 8, 0},
+	} {
+		s, _ := NewStrategyWith(tt.strategy, StrategyOptions{Explore: -1})
+		req := Request{Model: AutoModel, MaxTokens: tt.out}
+		if ranked, _ := s.Rank(&req, p, nil); ranked[0].Index != tt.wantBackend {
+			t.Errorf("%s, %d tokens: backend %d first, want %d (%+v)", tt.strategy, tt.out, ranked[0].Index, tt.wantBackend, ranked)
+		}
+	}
+}

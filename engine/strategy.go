@@ -25,10 +25,10 @@ const (
 // not sum to 1: the blend is divided by their sum. Negative weights are
 // invalid (see Validate).
 type Weights struct {
-	Capability float64 // how good the backend is at the request's task
-	Latency    float64 // predicted completion (time to first token for streams), waits included
-	Load       float64 // free share of its slots
-	Cost       float64 // cheapness
+	Capability float64 `json:"capability"` // how good the backend is at the request's task
+	Latency    float64 `json:"latency"`    // predicted completion (time to first token for streams), waits included
+	Load       float64 `json:"load"`       // free share of its slots
+	Cost       float64 `json:"cost"`       // cheapness
 }
 
 // DefaultWeights is the balanced blend. Capability and predicted latency lead

@@ -47,9 +47,13 @@ type Learner struct {
 // LearnSample is one attempt's outcome on a backend.
 type LearnSample struct {
 	Backend string
-	Model   string // the public model name (for auto: the model the backend served)
-	Outcome engine.Outcome
-	Stream  bool
+	Model   string // the model the backend served (its upstream name)
+	// Requested is the public model name the client asked for ("auto"
+	// included): its answers' mean length predicts the next request's
+	// (MeanOutput). "" means Model.
+	Requested string
+	Outcome   engine.Outcome
+	Stream    bool
 	// Prompt is the prompt size estimate in tokens.
 	Prompt int
 	// Output is the answer's length in tokens: the completion tokens the
@@ -231,7 +235,11 @@ func (l *Learner) Record(s LearnSample) {
 	// An exponentially weighted mean over about the last outputHalfLife
 	// answers keeps the model's typical output length current without a
 	// ring per model.
-	ms := l.modelStatLocked(s.Model)
+	requested := s.Requested
+	if requested == "" {
+		requested = s.Model
+	}
+	ms := l.modelStatLocked(requested)
 	ms.N = ms.N*outputDecay + 1
 	ms.Sum = ms.Sum*outputDecay + float64(s.Output)
 }
@@ -299,8 +307,8 @@ func (l *Learner) Backend(backend, model string) Backend {
 	return out
 }
 
-// MeanOutput is the recent mean output length of a model's answers, fleet
-// wide; 0 when unknown.
+// MeanOutput is the recent mean output length of the answers to requests for
+// a (public) model, fleet-wide; 0 when unknown.
 func (l *Learner) MeanOutput(model string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -2,6 +2,7 @@ package loadstate
 
 import (
 	"errors"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 )
@@ -24,6 +25,23 @@ func (s BackendSet) Has(i int) bool {
 	return i >= 0 && i/64 < len(s) && s[i/64]&(1<<(uint(i)%64)) != 0
 }
 
+// Equal reports whether the two sets hold the same backends.
+func (s BackendSet) Equal(o BackendSet) bool {
+	for i := range max(len(s), len(o)) {
+		var a, b uint64
+		if i < len(s) {
+			a = s[i]
+		}
+		if i < len(o) {
+			b = o[i]
+		}
+		if a != b {
+			return false
+		}
+	}
+	return true
+}
+
 // Overlaps reports whether the two sets share a backend.
 func (s BackendSet) Overlaps(o BackendSet) bool {
 	for i := range min(len(s), len(o)) {
@@ -44,6 +62,9 @@ type WaitQueue struct {
 	head, tail *Ticket
 	n, max     int
 	waiting    atomic.Int64 // n, readable without the lock: releases check it on every request
+	// per[i] counts the waiters that want backend i, readable without the
+	// lock (predictions read it on every request); grown under mu.
+	per atomic.Pointer[[]atomic.Int32]
 }
 
 // Ticket is one waiting request's place in a WaitQueue.
@@ -68,6 +89,7 @@ func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
 		return nil, ErrQueueFull
 	}
 	t.queued = true
+	q.countLocked(wants, 1)
 	t.prev = q.tail
 	if q.tail != nil {
 		q.tail.next = t
@@ -78,6 +100,49 @@ func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
 	q.n++
 	q.waiting.Store(int64(q.n))
 	return t, nil
+}
+
+// countLocked adds d to the waiter count of every backend in wants.
+func (q *WaitQueue) countLocked(wants BackendSet, d int32) {
+	p := q.per.Load()
+	if p == nil || len(*p) < 64*len(wants) {
+		grown := make([]atomic.Int32, 64*len(wants))
+		if p != nil {
+			for i := range *p {
+				grown[i].Store((*p)[i].Load())
+			}
+		}
+		q.per.Store(&grown)
+		p = &grown
+	}
+	for w, word := range wants {
+		for word != 0 {
+			b := bits.TrailingZeros64(word)
+			word &^= 1 << b
+			(*p)[64*w+b].Add(d)
+		}
+	}
+}
+
+// Waiting returns how many waiters want backend i.
+func (q *WaitQueue) Waiting(i int) int {
+	p := q.per.Load()
+	if p == nil || i < 0 || i >= len(*p) {
+		return 0
+	}
+	return int((*p)[i].Load())
+}
+
+// SetWants changes which backends a waiter can use (it keeps its place in
+// line): a waiter that waited for a better backend may settle for any.
+func (q *WaitQueue) SetWants(t *Ticket, wants BackendSet) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if t.queued {
+		q.countLocked(t.wants, -1)
+		q.countLocked(wants, 1)
+	}
+	t.wants = wants
 }
 
 // C is signalled when a slot the waiter can use may have freed up.
@@ -114,6 +179,7 @@ func (q *WaitQueue) Leave(t *Ticket) {
 	t.prev, t.next = nil, nil
 	q.n--
 	q.waiting.Store(int64(q.n))
+	q.countLocked(t.wants, -1)
 	if t.woken >= 0 {
 		q.notifyLocked(t.woken)
 	}

@@ -119,3 +119,36 @@ func TestWaitQueueBounded(t *testing.T) {
 		t.Fatalf("Enter on a zero-length queue: %v, want ErrQueueFull", err)
 	}
 }
+
+func TestWaitQueueCountsWaitersPerBackend(t *testing.T) {
+	q := NewWaitQueue(10)
+	set := func(idx ...int) BackendSet {
+		s := NewBackendSet(70)
+		for _, i := range idx {
+			s.Add(i)
+		}
+		return s
+	}
+	a, _ := q.Enter(set(0, 1))
+	b, _ := q.Enter(set(1, 65))
+	for i, want := range map[int]int{0: 1, 1: 2, 2: 0, 65: 1, 69: 0, 500: 0, -1: 0} {
+		if got := q.Waiting(i); got != want {
+			t.Errorf("Waiting(%d) = %d, want %d", i, got, want)
+		}
+	}
+	q.SetWants(a, set(2))
+	if q.Waiting(0) != 0 || q.Waiting(1) != 1 || q.Waiting(2) != 1 {
+		t.Errorf("after SetWants: %d %d %d, want 0 1 1", q.Waiting(0), q.Waiting(1), q.Waiting(2))
+	}
+	if !q.Notify(2) {
+		t.Error("a waiter that now wants 2 was not woken for it")
+	}
+	q.Leave(a)
+	q.Leave(b)
+	q.Leave(b)
+	for _, i := range []int{0, 1, 2, 65} {
+		if got := q.Waiting(i); got != 0 {
+			t.Errorf("Waiting(%d) = %d after everyone left", i, got)
+		}
+	}
+}
