@@ -346,9 +346,11 @@ func TestPredictionScorer(t *testing.T) {
 		{"no reference: min ÷ own", mkPool(node{}, node{}, node{}), []time.Duration{100 * ms, 200 * ms, 400 * ms}, []float64{1, 0.5, 0.25}},
 		{"unknown is neutral", mkPool(node{}, node{}), []time.Duration{100 * ms, 0}, []float64{1, 0.5}},
 		{
-			"a reference of 1s: absolute lateness counts",
-			mkPool(node{l: Load{Perf: Perf{TPOT: ms, MeanService: time.Second, Samples: 1}}}, node{}, node{}),
-			[]time.Duration{100 * ms, 600 * ms, 1100 * ms}, []float64{1, 1 / 1.5, 0.5},
+			// A typical request (256 tokens): 255×2 = 510ms and 255×6 =
+			// 1530ms on these two: a reference of 1020ms.
+			"absolute lateness in units of a typical request",
+			mkPool(node{l: Load{Perf: Perf{TPOT: 2 * ms, Samples: 9}}}, node{l: Load{Perf: Perf{TPOT: 6 * ms}}}),
+			[]time.Duration{100 * ms, 1120 * ms}, []float64{1, 0.5},
 		},
 	}
 	for _, tt := range tests {
