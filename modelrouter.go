@@ -1,9 +1,13 @@
-// Package modelrouter registers Model Router's Caddy modules: import it (or
-// build with `xcaddy build --with github.com/modelrouter/modelrouter`) to get
-// the model_router handler and the model_router_sim simulated backend.
+// Package modelrouter registers Model Router's production Caddy module:
+// import it (or build with
+// `xcaddy build --with github.com/modelrouter/modelrouter=<path to a checkout>`)
+// to get the model_router handler.
+//
+// The simulated backend, model_router_sim (package caddymodule/sim), is a
+// development tool and is not registered here: cmd/modelrouter and the tests
+// import it themselves.
 package modelrouter
 
 import (
 	_ "github.com/modelrouter/modelrouter/caddymodule"
-	_ "github.com/modelrouter/modelrouter/caddymodule/sim"
 )

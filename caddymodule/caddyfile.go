@@ -30,7 +30,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	model_router {
-//	    strategy balanced          # greedy | balanced | fastest | least_load | p2c | round_robin | latency
+//	    strategy balanced          # one of engine.StrategyNames(): greedy | balanced | fastest | least_load | p2c | round_robin | latency
 //	    weights capability=0.4 latency=0.4 load=0.15 cost=0.05   # balanced's blend
 //	    explore 0.05               # share of requests sent to backends without data; 0: never
 //	    slo_ttft 500ms             # p95 TTFT over it scales a backend's score down
@@ -40,7 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_queue 256              # waiting requests beyond this get full_status at once
 //	    max_body 4MiB              # larger request bodies get 413
 //	    full_status 503            # or 429, for "every slot busy after max_wait"
-//	    retries 1                  # retries on another backend before any byte reached the client; -1 for none
+//	    retries 1                  # retries on another backend before any byte reached the client; 0 or -1 for none
 //	    dial_timeout 3s
 //	    response_header_timeout 15m   # non-streaming: the longest a whole generation may take
 //	    stream_header_timeout 2m      # streaming: the longest wait for the answer to start
@@ -62,11 +62,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    }
 //	    backend <name> <url> {
 //	        models <public>[=<upstream>] ...   # the first is used for model "auto"
-//	        capabilities <name>=<0..1> ...
+//	        capabilities <name>=<0..1> ...   # names are case-insensitive
 //	        max_inflight <n>       # required, at least 1
 //	        context <tokens>       # max prompt+completion tokens; 0 = no limit
 //	        cost <relative price>
-//	        weight <multiplier>
+//	        weight <multiplier>    # greater than 0; default 1
 //	        api_key <key>          # e.g. {env.FAST_KEY}; sent upstream as a bearer token
 //	        ttft 200ms             # speed hints until it has data: time to first token
 //	        tpot 20ms              #   and time per output token
@@ -94,6 +94,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			v, err := oneArg(d)
 			if err != nil {
 				return err
+			}
+			if err := checkStrategy(v); err != nil {
+				return d.Err(err.Error())
 			}
 			h.Strategy = v
 		case "weights":
@@ -164,14 +167,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if v != 503 && v != 429 {
-				return d.Errf("full_status must be 503 or 429, not %d", v)
+			if err := checkFullStatus(v); err != nil {
+				return d.Err(err.Error())
 			}
 			h.FullStatus = v
 		case "retries":
 			v, err := intArg(d, -1)
 			if err != nil {
 				return err
+			}
+			if v == 0 {
+				// In JSON 0 is the unset field and gets the default; here
+				// "retries 0" can only mean none.
+				v = -1
 			}
 			h.Retries = v
 		case "dial_timeout":
@@ -215,8 +223,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
-			if !nameRE.MatchString(v) {
-				return d.Errf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", v)
+			if err := checkPool(v); err != nil {
+				return d.Err(err.Error())
 			}
 			h.Pool = v
 		case "redis":
@@ -253,8 +261,11 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 		return b, d.Errf("backend needs a name and a URL: backend <name> <url> { ... }")
 	}
 	b.Name, b.URL = args[0], args[1]
-	if !nameRE.MatchString(b.Name) {
-		return b, d.Errf("backend name %q: use letters, digits, '.', '_' or '-' (at most 64)", b.Name)
+	if err := checkBackendName(b.Name); err != nil {
+		return b, d.Err(err.Error())
+	}
+	if err := checkBackendURL(b.Name, b.URL); err != nil {
+		return b, d.Err(err.Error())
 	}
 	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -274,12 +285,10 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 				if public == "" || (strings.Contains(n, "=") && upstream == "") {
 					return b, d.Errf("backend %s: model %q must be <public> or <public>=<upstream>", b.Name, n)
 				}
-				for _, m := range b.Models {
-					if m.Public == public {
-						return b, d.Errf("backend %s: model %s is listed twice", b.Name, public)
-					}
-				}
 				b.Models = append(b.Models, ModelName{Public: public, Upstream: upstream})
+			}
+			if err := checkModels(b.Name, b.Models); err != nil {
+				return b, d.Err(err.Error())
 			}
 		case "capabilities":
 			pairs := d.RemainingArgs()
@@ -289,17 +298,22 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 			b.Capabilities = make(map[string]float64, len(pairs))
 			for _, p := range pairs {
 				name, val, ok := strings.Cut(p, "=")
-				if !ok || !nameRE.MatchString(name) {
+				if !ok {
 					return b, d.Errf("backend %s: capability %q must be <name>=<score>", b.Name, p)
 				}
 				f, err := strconv.ParseFloat(val, 64)
-				if err != nil || f < 0 || f > 1 || math.IsNaN(f) {
+				if err != nil {
 					return b, d.Errf("backend %s: capability %s score %q must be a number in [0,1]", b.Name, name, val)
 				}
-				if _, dup := b.Capabilities[name]; dup {
-					return b, d.Errf("backend %s: capability %s is listed twice", b.Name, name)
+				if err := checkCapability(b.Name, name, f); err != nil {
+					return b, d.Err(err.Error())
 				}
-				b.Capabilities[name] = f
+				// Stored in lower case, as requests are matched.
+				key := capabilityKey(name)
+				if _, dup := b.Capabilities[key]; dup {
+					return b, d.Err(errCapabilityTwice(b.Name, name).Error())
+				}
+				b.Capabilities[key] = f
 			}
 		case "max_inflight":
 			v, err := intArg(d, 1)
@@ -323,6 +337,11 @@ func parseBackend(d *caddyfile.Dispenser) (BackendConfig, error) {
 			v, err := floatArg(d)
 			if err != nil {
 				return b, err
+			}
+			if v == 0 {
+				// 0 is the unset field, which means 1: refuse it rather
+				// than give a backend meant to get nothing the full weight.
+				return b, d.Errf("backend %s: weight must be greater than 0 (0 would mean the default, 1)", b.Name)
 			}
 			b.Weight = v
 		case "api_key":

@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/modelrouter/modelrouter/engine"
 )
 
 // TestAdaptFixtures adapts each testdata/adapt/*.caddyfile and compares the
@@ -87,10 +89,21 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"duplicate capability", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities chat=1 chat=0.5\n\t\tmax_inflight 1\n\t}", "listed twice", 4},
 		{"duplicate model", "backend a http://127.0.0.1:1 {\n\t\tmodels m m=n\n\t\tmax_inflight 1\n\t}", "listed twice", 3},
 		{"empty upstream name", "backend a http://127.0.0.1:1 {\n\t\tmodels m=\n\t\tmax_inflight 1\n\t}", "<public>=<upstream>", 3},
-		{"auto as a model", "backend a http://127.0.0.1:1 {\n\t\tmodels auto\n\t\tmax_inflight 1\n\t}", "not allowed", 0},
+		{"auto as a model", "backend a http://127.0.0.1:1 {\n\t\tmodels auto\n\t\tmax_inflight 1\n\t}", "not allowed", 3},
 		{"unknown backend option", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcolour blue\n\t}", `unknown option "colour"`, 5},
-		{"bad url scheme", "backend a ftp://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "http:// or https://", 0},
-		{"url with query", "backend a http://127.0.0.1:1/?x=1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "query", 0},
+		{"bad url scheme", "backend a ftp://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "http:// or https://", 2},
+		{"url with query", "backend a http://127.0.0.1:1/?x=1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "query", 2},
+		{"port above 65535", "backend a http://127.0.0.1:70000 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", `port "70000" must be a number from 1 to 65535`, 2},
+		{"port 0", "backend a http://127.0.0.1:0 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", `port "0" must be a number from 1 to 65535`, 2},
+		{"empty port", "backend a http://127.0.0.1: {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", `port "" must be a number from 1 to 65535`, 2},
+		{"port not a number", "backend a http://127.0.0.1:http {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "invalid port", 2},
+		{"url without host", "backend a http://:9001 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "names no host", 2},
+		{"url ending in /v1", "backend a http://127.0.0.1:9001/v1/ {\n\t\tmodels m\n\t\tmax_inflight 1\n\t}", "ends in /v1", 2},
+		{"unknown strategy", "strategy quickest\n" + backend, `unknown strategy "quickest" (valid: ` + strings.Join(engine.StrategyNames(), ", ") + ")", 2},
+		{"full_status 0", "full_status 0\n" + backend, "503 or 429", 2},
+		{"capability twice in two cases", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities Coding=0.9 coding=0.5\n\t\tmax_inflight 1\n\t}", "capability coding is listed twice", 4},
+		{"bad capability name", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tcapabilities co/ding=0.5\n\t\tmax_inflight 1\n\t}", "capability name", 4},
+		{"weight 0", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tweight 0\n\t}", "weight must be greater than 0", 5},
 		{"negative cost", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcost -1\n\t}", "non-negative", 5},
 		{"bad context", "backend a http://127.0.0.1:1 {\n\t\tmodels m\n\t\tmax_inflight 1\n\t\tcontext big\n\t}", "whole number", 5},
 		{"argument after directive", "", "wrong argument count", 1},
@@ -134,9 +147,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	d := caddyfile.NewTestDispenser(`model_router {
 		strategy p2c
 		max_body 2KB
+		retries 0
 		backend a http://127.0.0.1:1 {
 			models x=y z
-			capabilities chat=0.5 coding=1
+			capabilities chat=0.5 Coding=1
 			max_inflight 3
 		}
 	}`)
@@ -144,12 +158,54 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 	if err := h.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
-	if h.Strategy != "p2c" || h.MaxBody != 2000 || len(h.Backends) != 1 {
+	// retries 0 means none, which JSON spells -1 (0 there is the default).
+	if h.Strategy != "p2c" || h.MaxBody != 2000 || h.Retries != -1 || len(h.Backends) != 1 {
 		t.Fatalf("parsed %+v", h)
 	}
 	b := h.Backends[0]
+	// Capability names are stored in lower case, as requests are matched.
 	if b.MaxInflight != 3 || len(b.Models) != 2 || b.Models[0] != (ModelName{"x", "y"}) || b.Models[1] != (ModelName{"z", ""}) ||
-		b.Capabilities["chat"] != 0.5 || b.Capabilities["coding"] != 1 {
+		len(b.Capabilities) != 2 || b.Capabilities["chat"] != 0.5 || b.Capabilities["coding"] != 1 {
 		t.Fatalf("parsed backend %+v", b)
+	}
+}
+
+// TestValidateJSON is the table of bad JSON configs: the same rules as the
+// Caddyfile's (one check* helper each), applied when Provision validates, here
+// in a real Caddy that must refuse to load each of them.
+func TestValidateJSON(t *testing.T) {
+	const models = `"models": [{"public": "m"}], "max_inflight": 1`
+	backend := func(fields string) string {
+		return `{"handler": "model_router", "backends": [{"name": "b", ` + fields + `}]}`
+	}
+	ok := backend(`"url": "http://127.0.0.1:9001", ` + models)
+	tests := []struct{ name, config, wantErr string }{
+		{"unknown strategy", strings.Replace(ok, "{", `{"strategy": "quickest", `, 1),
+			`unknown strategy "quickest" (valid: ` + strings.Join(engine.StrategyNames(), ", ") + ")"},
+		{"port above 65535", backend(`"url": "http://127.0.0.1:65536", ` + models), `port "65536" must be a number from 1 to 65535`},
+		{"port 0", backend(`"url": "http://127.0.0.1:0", ` + models), `port "0" must be a number from 1 to 65535`},
+		{"port not a number", backend(`"url": "http://127.0.0.1:x", ` + models), "invalid port"},
+		{"url without host", backend(`"url": "http://:9001", ` + models), "names no host"},
+		{"url ending in /v1", backend(`"url": "https://api.example.com/v1", ` + models), "ends in /v1"},
+		{"capability in two cases", backend(`"url": "http://127.0.0.1:9001", "capabilities": {"Coding": 0.9, "coding": 0.5}, ` + models), "capability coding is listed twice"},
+		{"capability score above 1", backend(`"url": "http://127.0.0.1:9001", "capabilities": {"chat": 1.5}, ` + models), "in [0,1]"},
+		{"negative dial_timeout", strings.Replace(ok, "{", `{"dial_timeout": -1, `, 1), "dial_timeout must not be negative"},
+		{"negative stream_idle_timeout", strings.Replace(ok, "{", `{"stream_idle_timeout": -1, `, 1), "stream_idle_timeout must not be negative"},
+		{"negative fail_cooldown", strings.Replace(ok, "{", `{"fail_cooldown": -1, `, 1), "fail_cooldown must not be negative"},
+		{"retries below -1", strings.Replace(ok, "{", `{"retries": -2, `, 1), "retries must be -1"},
+		{"negative max_fails", strings.Replace(ok, "{", `{"max_fails": -1, `, 1), "max_fails must not be negative"},
+		{"full_status 500", strings.Replace(ok, "{", `{"full_status": 500, `, 1), "503 or 429"},
+		{"auto as a model", backend(`"url": "http://127.0.0.1:9001", "models": [{"public": "auto"}], "max_inflight": 1`), "not allowed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := startJSONGateway(t, tt.config)
+			if err == nil {
+				t.Fatalf("accepted: %s", tt.config)
+			}
+			if !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("error %q does not say %q", err, tt.wantErr)
+			}
+		})
 	}
 }

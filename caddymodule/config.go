@@ -1,11 +1,14 @@
 package caddymodule
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -224,13 +227,27 @@ const (
 	defaultFailCooldown          = 10 * time.Second
 )
 
-// validate rejects what Provision cannot fix with a default.
+// validate rejects what Provision cannot fix with a default. Each rule lives
+// in one check* helper below, which the Caddyfile parser calls too, so that a
+// Caddyfile error names its line and JSON gets the same words.
 func (h *Handler) validate() error {
-	if !slices.Contains(engine.StrategyNames(), h.Strategy) {
-		return fmt.Errorf("unknown strategy %q (valid: %v)", h.Strategy, engine.StrategyNames())
+	if err := checkStrategy(h.Strategy); err != nil {
+		return err
 	}
-	if h.MaxWait < 0 {
-		return fmt.Errorf("max_wait must not be negative")
+	for _, d := range []struct {
+		name string
+		v    caddy.Duration
+	}{
+		{"max_wait", h.MaxWait},
+		{"dial_timeout", h.DialTimeout},
+		{"response_header_timeout", h.ResponseHeaderTimeout},
+		{"stream_header_timeout", h.StreamHeaderTimeout},
+		{"stream_idle_timeout", h.StreamIdleTimeout},
+		{"fail_cooldown", h.FailCooldown},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("%s must not be negative", d.name)
+		}
 	}
 	if h.MaxQueue < 0 {
 		return fmt.Errorf("max_queue must not be negative")
@@ -252,11 +269,17 @@ func (h *Handler) validate() error {
 	if h.ExplainHeader != "" && !headerNameRE.MatchString(h.ExplainHeader) {
 		return fmt.Errorf("explain_header %q is not a header name", h.ExplainHeader)
 	}
-	if h.FullStatus != 503 && h.FullStatus != 429 {
-		return fmt.Errorf("full_status must be 503 or 429, not %d", h.FullStatus)
+	if err := checkFullStatus(h.FullStatus); err != nil {
+		return err
 	}
-	if !nameRE.MatchString(h.Pool) {
-		return fmt.Errorf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", h.Pool)
+	if h.Retries < -1 {
+		return fmt.Errorf("retries must be -1 (none) or more, not %d", h.Retries)
+	}
+	if h.MaxFails < 0 {
+		return fmt.Errorf("max_fails must not be negative")
+	}
+	if err := checkPool(h.Pool); err != nil {
+		return err
 	}
 	if len(h.Backends) == 0 {
 		return fmt.Errorf("at least one backend is required")
@@ -280,15 +303,11 @@ func (h *Handler) validate() error {
 }
 
 func (b *BackendConfig) validate() error {
-	if !nameRE.MatchString(b.Name) {
-		return fmt.Errorf("backend name %q: use letters, digits, '.', '_' or '-' (at most 64)", b.Name)
+	if err := checkBackendName(b.Name); err != nil {
+		return err
 	}
-	u, err := url.Parse(b.URL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("backend %s: url %q must be an absolute http:// or https:// URL", b.Name, b.URL)
-	}
-	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return fmt.Errorf("backend %s: url %q must not carry a query, fragment or credentials", b.Name, b.URL)
+	if err := checkBackendURL(b.Name, b.URL); err != nil {
+		return err
 	}
 	if b.MaxInflight < 1 {
 		return fmt.Errorf("backend %s: max_inflight must be at least 1", b.Name)
@@ -311,23 +330,128 @@ func (b *BackendConfig) validate() error {
 	if len(b.Models) == 0 {
 		return fmt.Errorf("backend %s: at least one model is required", b.Name)
 	}
-	seen := map[string]bool{}
-	for _, m := range b.Models {
+	if err := checkModels(b.Name, b.Models); err != nil {
+		return err
+	}
+	_, err := normalizeCapabilities(b.Name, b.Capabilities)
+	return err
+}
+
+// checkStrategy rejects a strategy the engine does not know.
+func checkStrategy(name string) error {
+	if names := engine.StrategyNames(); !slices.Contains(names, name) {
+		return fmt.Errorf("unknown strategy %q (valid: %s)", name, strings.Join(names, ", "))
+	}
+	return nil
+}
+
+// checkFullStatus allows the two statuses clients know to retry later.
+func checkFullStatus(status int) error {
+	if status != 503 && status != 429 {
+		return fmt.Errorf("full_status must be 503 or 429, not %d", status)
+	}
+	return nil
+}
+
+func checkPool(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("pool %q: use letters, digits, '.', '_' or '-' (at most 64)", name)
+	}
+	return nil
+}
+
+func checkBackendName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("backend name %q: use letters, digits, '.', '_' or '-' (at most 64)", name)
+	}
+	return nil
+}
+
+// checkBackendURL accepts an absolute http or https base URL that names a host
+// and, when it has one, a port in 1-65535: anything else would only fail
+// when the first request is dialled.
+func checkBackendURL(backend, raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err // "invalid port ... after host" and the like, without repeating the URL
+		}
+		return fmt.Errorf("backend %s: url %q: %v", backend, raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("backend %s: url %q must be an absolute http:// or https:// URL", backend, raw)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("backend %s: url %q must not carry a query, fragment or credentials", backend, raw)
+	}
+	if u.Hostname() == "" {
+		return fmt.Errorf("backend %s: url %q names no host", backend, raw)
+	}
+	if port := u.Port(); port != "" || strings.HasSuffix(u.Host, ":") {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("backend %s: url %q: port %q must be a number from 1 to 65535", backend, raw, port)
+		}
+	}
+	// Request paths already start with /v1, so a base URL ending in /v1 (as
+	// OpenAI SDKs' base_url does) would send /v1/v1/... upstream.
+	if strings.HasSuffix(strings.TrimRight(u.Path, "/"), "/v1") {
+		return fmt.Errorf("backend %s: url %q ends in /v1, which every request path already starts with: write the base URL without it", backend, raw)
+	}
+	return nil
+}
+
+// checkModels rejects empty, reserved and repeated public model names.
+func checkModels(backend string, models []ModelName) error {
+	seen := make(map[string]bool, len(models))
+	for _, m := range models {
 		if m.Public == "" || m.Public == engine.AutoModel {
-			return fmt.Errorf("backend %s: model name %q is not allowed", b.Name, m.Public)
+			return fmt.Errorf("backend %s: model name %q is not allowed", backend, m.Public)
 		}
 		if seen[m.Public] {
-			return fmt.Errorf("backend %s: model %s is listed twice", b.Name, m.Public)
+			return fmt.Errorf("backend %s: model %s is listed twice", backend, m.Public)
 		}
 		seen[m.Public] = true
 	}
-	for c, v := range b.Capabilities {
-		if !nameRE.MatchString(c) {
-			return fmt.Errorf("backend %s: capability name %q: use letters, digits, '.', '_' or '-'", b.Name, c)
-		}
-		if v < 0 || v > 1 || v != v {
-			return fmt.Errorf("backend %s: capability %s score %s is outside [0,1]", b.Name, c, strconv.FormatFloat(v, 'g', -1, 64))
-		}
+	return nil
+}
+
+// capabilityKey is the form a capability name is compared in: lower case, as
+// the X-Model-Router-Capability header is matched, so that "Coding" in a
+// config is chosen by a request asking for "CODING".
+func capabilityKey(name string) string { return strings.ToLower(name) }
+
+// checkCapability checks one capability's name and score.
+func checkCapability(backend, name string, score float64) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("backend %s: capability name %q: use letters, digits, '.', '_' or '-' (at most 64)", backend, name)
+	}
+	if score < 0 || score > 1 || math.IsNaN(score) {
+		return fmt.Errorf("backend %s: capability %s score %s must be a number in [0,1]", backend, name, strconv.FormatFloat(score, 'g', -1, 64))
 	}
 	return nil
+}
+
+func errCapabilityTwice(backend, name string) error {
+	return fmt.Errorf("backend %s: capability %s is listed twice (names are case-insensitive)", backend, capabilityKey(name))
+}
+
+// normalizeCapabilities checks a backend's capabilities and returns them keyed
+// by capabilityKey; two names that differ only in case are an error.
+func normalizeCapabilities(backend string, caps map[string]float64) (map[string]float64, error) {
+	if caps == nil {
+		return nil, nil
+	}
+	out := make(map[string]float64, len(caps))
+	for name, score := range caps {
+		if err := checkCapability(backend, name, score); err != nil {
+			return nil, err
+		}
+		key := capabilityKey(name)
+		if _, dup := out[key]; dup {
+			return nil, errCapabilityTwice(backend, name)
+		}
+		out[key] = score
+	}
+	return out, nil
 }

@@ -7,12 +7,14 @@ import (
 	mrand "math/rand/v2"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 
 	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/loadstate"
@@ -98,10 +100,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.caps = make(map[string]bool)
 	models := map[string]bool{}
 	for i, bc := range h.Backends {
+		// Lower case, as the capability header is matched (validate has
+		// rejected names that differ only in case).
+		caps, _ := normalizeCapabilities(bc.Name, bc.Capabilities)
 		b := engine.Backend{
 			Name:         bc.Name,
 			Models:       make(map[string]string, len(bc.Models)),
-			Capabilities: bc.Capabilities,
+			Capabilities: caps,
 			MaxInflight:  bc.MaxInflight,
 			Context:      bc.Context,
 			Cost:         bc.Cost,
@@ -118,14 +123,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			}
 			models[m.Public] = true
 		}
-		for c, v := range bc.Capabilities {
+		for c, v := range caps {
 			if v > 0 {
 				h.caps[c] = true
 			}
 		}
 		h.backends = append(h.backends, b)
 		h.index[bc.Name] = i
-		proxy, err := newBackendProxy(ctx, h, bc, repl.ReplaceAll(bc.APIKey, ""))
+		apiKey := repl.ReplaceAll(bc.APIKey, "")
+		if bc.APIKey != "" && strings.TrimSpace(apiKey) == "" {
+			// Most likely {env.X} with X unset: requests would go upstream
+			// without credentials and fail there with a puzzling 401. Neither
+			// the configured text nor its expansion is logged: either may
+			// hold the key.
+			h.logger.Warn("backend api_key is set but expands to nothing (an unset environment variable?): requests to this backend carry no Authorization header",
+				zap.String("backend", bc.Name))
+			apiKey = ""
+		}
+		proxy, err := newBackendProxy(ctx, h, bc, apiKey)
 		if err != nil {
 			return fmt.Errorf("backend %s: %w", bc.Name, err)
 		}

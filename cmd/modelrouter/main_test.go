@@ -46,9 +46,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// ipv6Loopback reports whether [::1] can be bound on this machine.
+func ipv6Loopback() bool {
+	l, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
+}
+
 // TestExampleRuns runs Caddyfile.example on free ports (the
 // file's own ports 8080, 2019 and 9001-9003 are only renamed) and sends the
-// README's requests: a routed answer, a stream and a model "auto" request.
+// README's requests: a routed answer, a stream and a model "auto" request;
+// then the gateway answers under any host name, on [::1] too, and outside
+// /v1/ with a JSON 404.
 func TestExampleRuns(t *testing.T) {
 	dir := t.TempDir()
 	bin := gatewayBin
@@ -64,8 +76,19 @@ func TestExampleRuns(t *testing.T) {
 		"127.0.0.1:9002", "127.0.0.1:"+freePort(t),
 		"127.0.0.1:9003", "127.0.0.1:"+freePort(t),
 	)
+	text := replacer.Replace(string(example))
+	hasIPv6 := ipv6Loopback()
+	if !hasIPv6 {
+		// The example binds [::1] too; where it cannot be bound, run the
+		// rest of the example on 127.0.0.1 alone.
+		bind := "bind 127.0.0.1 [::1]"
+		if !strings.Contains(text, bind) {
+			t.Fatalf("Caddyfile.example no longer has %q", bind)
+		}
+		text = strings.Replace(text, bind, "bind 127.0.0.1", 1)
+	}
 	config := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(config, []byte(replacer.Replace(string(example))), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -158,4 +181,68 @@ func TestExampleRuns(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("X-Model-Router-Backend") != "coder" {
 		t.Fatalf("auto/coding: status %d backend %q, want 200 from coder", resp.StatusCode, resp.Header.Get("X-Model-Router-Backend"))
 	}
+
+	// Any host name is the gateway: with another Host (a name in /etc/hosts,
+	// a proxy's) the answer used to be Caddy's empty 200, which the OpenAI
+	// SDKs read as an empty result.
+	models := func(t *testing.T, url, host string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", url+"/v1/models", nil)
+		if host != "" {
+			req.Host = host
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var list struct {
+			Data []struct{ ID string } `json:"data"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&list); err != nil || resp.StatusCode != 200 || len(list.Data) != 3 {
+			t.Fatalf("GET /v1/models (Host %q): status %d, err %v, models %+v", req.Host, resp.StatusCode, err, list.Data)
+		}
+	}
+	t.Run("another host name", func(t *testing.T) {
+		models(t, base, "other.example")
+		models(t, base, "other.example:"+gateway)
+		req, _ := http.NewRequest("POST", base+"/v1/chat/completions",
+			strings.NewReader(`{"model":"qwen-coder","messages":[{"role":"user","content":"Hello"}]}`))
+		req.Host = "other.example"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("X-Model-Router-Backend") != "coder" {
+			t.Fatalf("chat with Host other.example: status %d backend %q", resp.StatusCode, resp.Header.Get("X-Model-Router-Backend"))
+		}
+	})
+	t.Run("IPv6 loopback", func(t *testing.T) {
+		if !hasIPv6 {
+			t.Skip("[::1] cannot be bound on this machine; the example ran on 127.0.0.1 only")
+		}
+		models(t, "http://[::1]:"+gateway, "")
+	})
+	t.Run("outside /v1/ is a JSON 404", func(t *testing.T) {
+		for _, path := range []string{"/", "/health", "/v1"} {
+			resp, err := http.Get(base + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var body struct {
+				Error struct {
+					Message, Type, Code string
+				} `json:"error"`
+			}
+			err = json.NewDecoder(resp.Body).Decode(&body)
+			resp.Body.Close()
+			if resp.StatusCode != 404 || err != nil || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+				t.Fatalf("GET %s: status %d, Content-Type %q, decoding: %v", path, resp.StatusCode, resp.Header.Get("Content-Type"), err)
+			}
+			if body.Error.Code != "unknown_url" || !strings.Contains(body.Error.Message, "/v1/") {
+				t.Errorf("GET %s: error %+v, want code unknown_url and a message naming /v1/", path, body.Error)
+			}
+		}
+	})
 }
