@@ -41,6 +41,11 @@ func (p *Perf) Service(promptTokens, out int) time.Duration {
 	return p.TTFT(promptTokens) + time.Duration(max(out-1, 0))*p.TPOT
 }
 
+// TokenCost is what the request counts against a backend's token limit
+// (max_tokens_inflight): its prompt estimate plus its output tokens (see
+// OutputTokens: max_tokens when set, else the model's learned mean).
+func (r *Request) TokenCost() int { return max(r.PromptTokens, 0) + r.OutputTokens() }
+
 // DefaultExpectedOutput is the output length assumed for a request that sets
 // no max_tokens when nothing has been learned about its model yet.
 const DefaultExpectedOutput = 256
@@ -106,8 +111,8 @@ func Predict(req *Request, b *Backend, l *Load, fallback *Perf) Prediction {
 	ttft := perf.TTFT(req.PromptTokens)
 	service := perf.Service(req.PromptTokens, req.OutputTokens())
 	var wait time.Duration
-	if b.MaxInflight > 0 && l.Inflight >= b.MaxInflight {
-		ahead := l.Inflight - b.MaxInflight + max(l.Waiting, 0) + 1
+	if b.MaxInflight > 0 && !l.Fits(b, req) {
+		ahead := max(l.Inflight-b.MaxInflight, 0) + max(l.Waiting, 0) + 1
 		pace := l.Perf.MeanService
 		if pace <= 0 {
 			pace = service

@@ -388,3 +388,42 @@ func TestBalancedKeepsFastSlotsForLongAnswers(t *testing.T) {
 		}
 	}
 }
+
+func TestTokenLimit(t *testing.T) {
+	b := Backend{MaxInflight: 8, MaxTokensInflight: 1000}
+	tests := []struct {
+		name     string
+		inflight int
+		tokens   int
+		req      Request
+		want     bool
+	}{
+		{"room for both", 1, 500, Request{PromptTokens: 100, MaxTokens: 100}, true},
+		{"exactly at the limit", 1, 800, Request{PromptTokens: 100, MaxTokens: 100}, true},
+		{"one token over", 1, 801, Request{PromptTokens: 100, MaxTokens: 100}, false},
+		{"no max_tokens: the expected output counts", 1, 500, Request{PromptTokens: 100, ExpectedOutput: 500}, false},
+		{"slots full", 8, 0, Request{MaxTokens: 1}, false},
+		{"larger than the limit: alone only", 0, 0, Request{PromptTokens: 5000, MaxTokens: 10}, true},
+		{"larger than the limit, backend busy", 1, 10, Request{PromptTokens: 5000, MaxTokens: 10}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := Load{Inflight: tt.inflight, TokensInflight: tt.tokens}
+			if got := l.Fits(&b, &tt.req); got != tt.want {
+				t.Fatalf("Fits = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if (&Load{Inflight: 1, TokensInflight: 1 << 30}).Fits(&Backend{MaxInflight: 2}, &Request{MaxTokens: 9}) != true {
+		t.Error("a backend without a token limit refused a request for its tokens")
+	}
+	// Ranking: the backend without token room is left out like a full one.
+	s, _ := NewStrategyWith(StrategyLeastLoad, StrategyOptions{})
+	p := mkPool(
+		node{b: Backend{MaxInflight: 8, MaxTokensInflight: 1000, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: 1, TokensInflight: 900}},
+		node{b: Backend{MaxInflight: 8, Capabilities: caps("chat", 1.0)}, l: Load{Inflight: 4}},
+	)
+	if ranked, eligible := s.Rank(&Request{Model: AutoModel, MaxTokens: 200}, p, nil); eligible != 2 || !slices.Equal(indexes(ranked), []int{1}) {
+		t.Errorf("ranked %v eligible %d, want [1] and 2", indexes(ranked), eligible)
+	}
+}

@@ -267,7 +267,8 @@ func NewStrategyWith(name string, o StrategyOptions) (*Strategy, error) {
 // Name returns the strategy's name as accepted by NewStrategy.
 func (s *Strategy) Name() string { return s.name }
 
-// Rank appends to out[:0] the backends that pass every filter AND have room (Load.Inflight < MaxInflight),
+// Rank appends to out[:0] the backends that pass every filter AND have room (a free slot and, with a
+// token limit, room for the request's token cost: see Load.Fits),
 // best first, and returns them, plus `eligible`: how many backends pass every filter ignoring room.
 // eligible == 0 means "no backend can serve this" (the caller answers 503 no healthy backend);
 // len(ranked)==0 && eligible>0 means "all full, wait".
@@ -292,7 +293,7 @@ func (s *Strategy) Rank(req *Request, p *Pool, out []Candidate) (ranked []Candid
 		}
 		eligible++
 		b := &p.Backends[i]
-		room := b.MaxInflight > 0 && p.Loads[i].HasRoom(b)
+		room := b.MaxInflight > 0 && p.Loads[i].Fits(b, req)
 		if room {
 			free++
 		}

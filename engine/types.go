@@ -70,6 +70,9 @@ type Backend struct {
 	Capabilities map[string]float64
 	// MaxInflight is the most requests this backend may have in flight, fleet-wide.
 	MaxInflight int
+	// MaxTokensInflight, when positive, bounds the sum of the token costs
+	// (see Request.TokenCost) of the requests in flight on it, fleet-wide.
+	MaxTokensInflight int
 	// Context is the largest prompt+completion token count it accepts; 0 = no limit.
 	Context int
 	// Cost is a relative price per request; 0 = unknown (scored as neutral).
@@ -109,13 +112,31 @@ type Load struct {
 	Perf Perf
 	// Waiting is how many requests wait for a slot on this backend.
 	Waiting int
+	// TokensInflight is the sum of the token costs of the requests in
+	// flight fleet-wide (as last seen), when the backend has a token limit.
+	TokensInflight int
 	// Feedback multiplies the backend's score (see FeedbackFactor), in
 	// (0,1]; 0 means 1 (no feedback).
 	Feedback float64
 }
 
-// HasRoom reports whether one more request fits under the backend's limit.
+// HasRoom reports whether one more request fits under the backend's limit on
+// requests in flight. See Fits for the token limit.
 func (l *Load) HasRoom(b *Backend) bool { return l.Inflight < b.MaxInflight }
+
+// Fits reports whether req fits on the backend now: a free slot and, with a
+// token limit, room for its token cost. A request whose cost alone exceeds
+// the token limit fits only a backend with no tokens in flight, so that it
+// is served one at a time rather than never.
+func (l *Load) Fits(b *Backend, req *Request) bool {
+	if !l.HasRoom(b) {
+		return false
+	}
+	if b.MaxTokensInflight <= 0 || l.TokensInflight <= 0 {
+		return true
+	}
+	return l.TokensInflight+req.TokenCost() <= b.MaxTokensInflight
+}
 
 // Pool is the set of backends a decision is made over; Loads[i] is the live
 // state of Backends[i].
