@@ -1,6 +1,10 @@
 package loadstate
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The Lua scripts of the Redis store. Each runs atomically on the server, takes
 // every key it touches in KEYS (all in the pool's hash slot) and reads time
@@ -213,3 +217,16 @@ for i = 1, #KEYS do
 end
 return counts
 `)
+
+// loadScripts loads the scripts into Redis (every master of a cluster), so
+// that the request path does not pay a NOSCRIPT round trip after Redis
+// restarted. Failures are ignored: Run falls back to EVAL.
+func (s *RedisStore) loadScripts() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
+	defer cancel()
+	for _, sc := range []*redis.Script{acquireScript, releaseScript, renewScript, readdScript} {
+		if sc.Load(ctx, s.client).Err() != nil {
+			return
+		}
+	}
+}

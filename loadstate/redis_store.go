@@ -6,19 +6,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Modes reported by RedisStore.Mode, for metrics and alerts.
@@ -151,32 +147,6 @@ type pendingRelease struct {
 	member   string
 	until    time.Time // after this the lease has expired in Redis anyway
 	notified bool      // watchers were already told
-}
-
-// fleetView is the live replicas at the last heartbeat.
-type fleetView struct {
-	live []string // sorted ids, this replica included
-	rank int      // this replica's index in live
-}
-
-// share is this replica's part of a backend's capacity in local mode:
-// ⌊capacity ÷ live⌋, plus one for as many replicas as the remainder. Which
-// replicas get the extra slot rotates with the backend (by a hash of its name
-// that every replica computes alike), so that with many small backends the
-// extras do not all land on the lowest rank. Over all ranks the shares add up to
-// exactly capacity.
-func (f *fleetView) share(backend string, capacity int) int {
-	n := len(f.live)
-	if n <= 1 || capacity <= 0 {
-		return max(capacity, 0)
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(backend))
-	base, rem := capacity/n, capacity%n
-	if (f.rank+int(h.Sum32()%uint32(n)))%n < rem {
-		return base + 1
-	}
-	return base
 }
 
 // redisCounters are the store's counters; see RedisStats.
@@ -335,419 +305,6 @@ func (s *RedisStore) signal() {
 	}
 }
 
-func (s *RedisStore) trusted(now time.Time) bool { return now.UnixNano() >= s.trustAt.Load() }
-
-// distrustUntil keeps Redis's counts untrusted at least until t.
-func (s *RedisStore) distrustUntil(t time.Time) {
-	for {
-		cur := s.trustAt.Load()
-		if t.UnixNano() <= cur || s.trustAt.CompareAndSwap(cur, t.UnixNano()) {
-			return
-		}
-	}
-}
-
-// Acquire implements Store. While Redis is usable it is one round trip bounded
-// by the configured timeout; otherwise it decides from local state at once (see
-// OnDown) and never returns a Redis error: a gateway keeps serving through an
-// outage. It returns an error only for a cancelled ctx or a closed store.
-func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return -1, err
-	}
-	if s.closed.Load() {
-		return -1, errStoreClosed
-	}
-	if len(candidates) == 0 {
-		return -1, nil
-	}
-	states := make([]*backendState, len(candidates))
-	for i, c := range candidates {
-		states[i] = s.state(c.Backend)
-	}
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	s.mu.Unlock()
-	if h != nil {
-		return indexOf(states, h.backend), nil
-	}
-	if s.down.Load() {
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-	return s.acquireRedis(ctx, id, states, candidates, now)
-}
-
-func indexOf(states []*backendState, st *backendState) int {
-	for i, x := range states {
-		if x == st {
-			return i
-		}
-	}
-	// Held on a backend that is no longer a candidate: keep it there rather
-	// than take a second slot under the same id.
-	return -1
-}
-
-func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time) (int, error) {
-	n := len(candidates)
-	// Until Redis's counts can be trusted again, a candidate is offered to the
-	// script only if this replica is also within its local share, and the slot
-	// is reserved locally until the reply so that concurrent acquires cannot
-	// overshoot the share together.
-	shareLimited := s.opts.OnDown != FailOpen && !s.trusted(now)
-	var reserved []bool
-	if shareLimited {
-		reserved = make([]bool, n)
-		s.mu.Lock()
-		for i, st := range states {
-			if s.localAllowsLocked(st, candidates[i].Capacity, now) {
-				st.reserved++
-				reserved[i] = true
-			}
-		}
-		s.mu.Unlock()
-	}
-	member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-	trustedEpoch := *s.epoch.Load()
-	keys := make([]string, 1+n)
-	args := make([]any, 5+2*n)
-	keys[0] = s.epochKey
-	args[0], args[1], args[2], args[3], args[4] = member, s.leaseMs, trustedEpoch, s.freshArg, s.chanArg
-	for i, c := range candidates {
-		keys[1+i] = states[i].key
-		capacity := c.Capacity
-		if shareLimited && !reserved[i] {
-			capacity = 0
-		}
-		args[5+i] = capacity
-		args[5+n+i] = states[i].nameArg
-	}
-
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	raw, err := acquireScript.Run(cctx, s.client, keys, args...).Slice()
-	cancel()
-	s.stats.hotPathCalls.Add(1)
-	var reply acquireReply
-	if err == nil {
-		reply, err = parseAcquireReply(raw, n)
-	}
-	if err == nil && reply.chosen != -2 && trustedEpoch == "" {
-		s.learnEpoch(reply.epoch, now) // first contact happened on the request path
-	}
-
-	s.mu.Lock()
-	for i, r := range reserved {
-		if r {
-			states[i].reserved--
-		}
-	}
-	if err != nil {
-		// The script may have run before the timeout hit: remove the member
-		// wherever it could have been added. It is unique to this attempt, so
-		// the cleanup can never remove a later acquisition.
-		for _, st := range states {
-			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(s.opts.Lease), notified: true})
-		}
-		s.mu.Unlock()
-		s.stats.errors.Add(1)
-		s.signal()
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("acquiring a slot: %w", ctx.Err())
-		}
-		s.trip("acquire", err)
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-	if reply.chosen == -2 {
-		s.mu.Unlock()
-		s.epochChanged(reply.epoch, now)
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-
-	now = s.opts.Now() // the counts are as of the script's run, after the round trip
-	chosen := int(reply.chosen)
-	if prev := s.held[id]; prev != nil {
-		// A concurrent Acquire with the same id got there first: give back
-		// whatever this one took and report that slot.
-		if chosen >= 0 {
-			s.queue = append(s.queue, pendingRelease{backend: states[chosen], member: member, until: now.Add(s.opts.Lease)})
-		}
-		s.mu.Unlock()
-		s.signal()
-		return indexOf(states, prev.backend), nil
-	}
-	if chosen >= 0 {
-		st := states[chosen]
-		s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease), inRedis: true}
-		st.own.Add(1)
-	}
-	trusted := s.trusted(now)
-	for i, st := range states {
-		st.fleet.Store(reply.counts[i])
-		if trusted {
-			st.othersAt.Store(max(reply.counts[i]-st.own.Load(), 0))
-			st.contactAt.Store(now.UnixNano())
-		}
-	}
-	s.mu.Unlock()
-	return chosen, nil
-}
-
-type acquireReply struct {
-	chosen int64
-	epoch  string
-	counts []int64
-}
-
-func parseAcquireReply(raw []any, n int) (acquireReply, error) {
-	var r acquireReply
-	if len(raw) < 2 {
-		return r, fmt.Errorf("acquire script: short reply of %d values", len(raw))
-	}
-	chosen, ok1 := raw[0].(int64)
-	epoch, ok2 := raw[1].(string)
-	if !ok1 || !ok2 {
-		return r, fmt.Errorf("acquire script: unexpected reply types %T, %T", raw[0], raw[1])
-	}
-	r.chosen, r.epoch = chosen, epoch
-	if chosen == -2 {
-		return r, nil
-	}
-	if len(raw) != 2+n || chosen < -1 || chosen >= int64(n) {
-		return r, fmt.Errorf("acquire script: reply of %d values for %d candidates, chosen %d", len(raw), n, chosen)
-	}
-	r.counts = make([]int64, n)
-	for i := range n {
-		c, ok := raw[2+i].(int64)
-		if !ok {
-			return r, fmt.Errorf("acquire script: count of type %T", raw[2+i])
-		}
-		r.counts[i] = c
-	}
-	return r, nil
-}
-
-// localAllowsLocked reports whether this replica may admit one more request on
-// a backend from local state alone. fail_open: up to the full capacity.
-// Otherwise: within this replica's share, and, until their leases would have
-// expired, counting what the other replicas held at the last trusted contact
-// (they may still hold it; a replica that was at its cap when Redis went away
-// keeps its requests until they end). The caller holds s.mu.
-func (s *RedisStore) localAllowsLocked(st *backendState, capacity int, now time.Time) bool {
-	own := st.own.Load() + int64(st.reserved)
-	if s.opts.OnDown == FailOpen {
-		return own < int64(capacity)
-	}
-	if own >= int64(s.fleet.Load().share(st.name, capacity)) {
-		return false
-	}
-	return own+st.othersHeld(now, s.opts.Lease) < int64(capacity)
-}
-
-// acquireLocal decides from local state, without I/O: while Redis is down, and
-// for the one request whose round trip just failed.
-func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates []Slot, now time.Time) int {
-	s.stats.localDecisions.Add(1)
-	if s.opts.OnDown == FailClosed {
-		return -1
-	}
-	s.mu.Lock()
-	if h := s.held[id]; h != nil {
-		s.mu.Unlock()
-		return indexOf(states, h.backend)
-	}
-	for i, st := range states {
-		if s.localAllowsLocked(st, candidates[i].Capacity, now) {
-			member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-			s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease)}
-			st.own.Add(1)
-			st.fleet.Add(1)
-			s.mu.Unlock()
-			// Not in Redis yet: the background loop adds it as soon as Redis
-			// is usable, so that the fleet counts it.
-			s.needSync.Store(true)
-			s.signal()
-			return i
-		}
-	}
-	s.mu.Unlock()
-	return -1
-}
-
-// Release implements Store. The lease is given back locally at once and
-// removed from Redis by the background releaser, in batches, retried until
-// the lease would have expired anyway. Replicas waiting for the slot are told
-// once Redis has the release.
-func (s *RedisStore) Release(_ context.Context, id, backend string) error {
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	if h == nil || h.backend.name != backend {
-		s.mu.Unlock()
-		return nil
-	}
-	delete(s.held, id)
-	st := h.backend
-	st.own.Add(-1)
-	decrementFloor(&st.fleet)
-	down := s.down.Load()
-	if h.inRedis {
-		s.queue = append(s.queue, pendingRelease{backend: st, member: h.member, until: now.Add(s.opts.Lease), notified: down})
-	}
-	s.mu.Unlock()
-	if h.inRedis && !down {
-		s.signal()
-		return nil
-	}
-	// The slot is free in local state now; nobody else needs telling.
-	s.watchers.notify(backend)
-	return nil
-}
-
-func decrementFloor(v *atomic.Int64) {
-	for {
-		cur := v.Load()
-		if cur <= 0 || v.CompareAndSwap(cur, cur-1) {
-			return
-		}
-	}
-}
-
-// Renew implements Store: the lease is extended to a full lease from now,
-// locally and in Redis. A lease Redis no longer has (it expired during a stall,
-// or Redis lost it), or that was taken while Redis was unusable, is re-added by
-// the background resync rather than here, so a renewal that races with the
-// release of the same lease (a renewal timer firing as the request ends) can
-// never bring it back. While Redis is unusable the lease is extended locally
-// only. An error wraps ErrUnavailable and is informational: the lease stays
-// held.
-func (s *RedisStore) Renew(ctx context.Context, id, backend string) error {
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	if h == nil || h.backend.name != backend {
-		s.mu.Unlock()
-		return nil
-	}
-	h.expires = now.Add(s.opts.Lease)
-	if !h.inRedis || s.down.Load() || s.closed.Load() {
-		s.mu.Unlock()
-		return nil
-	}
-	key, member := h.backend.key, h.member
-	s.mu.Unlock()
-
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	extended, err := renewScript.Run(cctx, s.client, []string{key}, s.leaseMs, member).Int64()
-	cancel()
-	s.stats.renewals.Add(1)
-	if err != nil {
-		s.stats.errors.Add(1)
-		if ctx.Err() == nil {
-			s.trip("renew", err)
-		}
-		return fmt.Errorf("renewing lease on %s: %w: %w", backend, ErrUnavailable, err)
-	}
-	if extended == 0 {
-		s.mu.Lock()
-		if s.held[id] == h { // still in flight: the fleet must count it again
-			h.inRedis = false
-			s.needSync.Store(true)
-		}
-		s.mu.Unlock()
-		s.signal()
-	}
-	return nil
-}
-
-// Inflight implements Store, without I/O: the fleet-wide count at the last
-// reply from Redis (adjusted by this replica's own acquires and releases since),
-// or while Redis is down this replica's own count plus what the others held at
-// the last contact.
-func (s *RedisStore) Inflight(backend string) int {
-	st := (*s.backends.Load())[backend]
-	if st == nil {
-		return 0
-	}
-	now := s.opts.Now()
-	local := st.own.Load() + st.othersHeld(now, s.opts.Lease)
-	if s.down.Load() {
-		return int(local)
-	}
-	if !s.trusted(now) {
-		return int(max(local, st.fleet.Load()))
-	}
-	return int(st.fleet.Load())
-}
-
-// Snapshot implements Store: live lease counts from Redis, of every backend
-// any replica of the pool has used. While Redis is unusable it returns the
-// local estimate with an error wrapping ErrUnavailable.
-func (s *RedisStore) Snapshot(ctx context.Context) (map[string]int, error) {
-	if s.down.Load() || s.closed.Load() {
-		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w", ErrUnavailable)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 4*s.opts.Timeout)
-	defer cancel()
-	counts, err := s.readCounts(cctx)
-	if err != nil {
-		s.stats.errors.Add(1)
-		if ctx.Err() == nil {
-			s.trip("snapshot", err)
-		}
-		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w: %w", ErrUnavailable, err)
-	}
-	s.stats.snapshots.Add(1)
-	return counts, nil
-}
-
-func (s *RedisStore) readCounts(ctx context.Context) (map[string]int, error) {
-	names, err := s.client.SMembers(ctx, s.keys.backends()).Result()
-	if err != nil {
-		return nil, err
-	}
-	seen := make(map[string]bool, len(names))
-	for _, n := range names {
-		seen[n] = true
-	}
-	for name := range *s.backends.Load() {
-		seen[name] = true
-	}
-	names = names[:0]
-	for n := range seen {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make(map[string]int, len(names))
-	if len(names) == 0 {
-		return out, nil
-	}
-	keys := make([]string, len(names))
-	for i, n := range names {
-		keys[i] = s.keys.lease(n)
-	}
-	counts, err := countScript.Run(ctx, s.client, keys).Int64Slice()
-	if err != nil {
-		return nil, err
-	}
-	for i, n := range names {
-		if i < len(counts) && counts[i] > 0 {
-			out[n] = int(counts[i])
-		}
-	}
-	return out, nil
-}
-
-func (s *RedisStore) localSnapshot() map[string]int {
-	out := make(map[string]int)
-	for name := range *s.backends.Load() {
-		if n := s.Inflight(name); n > 0 {
-			out[name] = n
-		}
-	}
-	return out
-}
-
 // Watch implements Store: fn is called when a slot is released on this
 // replica, when another replica announces a release, and when the heartbeat
 // reclaims expired leases.
@@ -802,32 +359,6 @@ func (s *RedisStore) Stats() RedisStats {
 // ReplicaID returns this replica's id.
 func (s *RedisStore) ReplicaID() string { return s.opts.ReplicaID }
 
-// LiveReplicas implements ReplicaRegistry: the replicas reported alive by a
-// heartbeat within the last lease, this one included; local shares divide
-// capacity by this number.
-func (s *RedisStore) LiveReplicas() int { return len(s.fleet.Load().live) }
-
-// Replicas implements ReplicaRegistry, reading the registry from Redis.
-func (s *RedisStore) Replicas(ctx context.Context) ([]Replica, error) {
-	cctx, cancel := context.WithTimeout(ctx, 4*s.opts.Timeout)
-	defer cancel()
-	pipe := s.client.Pipeline()
-	beats := pipe.ZRangeWithScores(cctx, s.keys.replicas(), 0, -1)
-	infos := pipe.HGetAll(cctx, s.keys.replicaInfo())
-	if _, err := pipe.Exec(cctx); err != nil {
-		return nil, fmt.Errorf("reading the replica registry: %w", err)
-	}
-	out := make([]Replica, 0, len(beats.Val()))
-	for _, z := range beats.Val() {
-		id, _ := z.Member.(string)
-		r := Replica{ID: id, LastBeat: time.UnixMilli(int64(z.Score)), Self: id == s.opts.ReplicaID}
-		r.Addr, r.Version = decodeReplicaInfo(infos.Val()[id])
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
-}
-
 // Close stops the background work, releases this replica's leases and removes
 // it from the registry, as far as Redis allows within a few timeouts. It does
 // not close the client.
@@ -868,72 +399,58 @@ func (s *RedisStore) abandon() {
 	})
 }
 
-// trip opens the breaker after a failed call: requests are decided locally and
-// the background loop probes Redis until it answers.
-func (s *RedisStore) trip(op string, err error) {
-	if s.closed.Load() || !s.down.CompareAndSwap(false, true) {
-		return
-	}
-	s.stats.trips.Add(1)
-	s.warnOutage("redis unavailable: admitting requests from local state until it answers again",
-		zap.String("op", op), zap.String("mode", s.Mode()), zap.String("pool", s.opts.Pool), zap.Error(err))
-	s.signal()
-}
+// bgTimeout bounds one background call. The client's own read timeout (the
+// request-path timeout, with ClientOptions) still applies to each command.
+func (s *RedisStore) bgTimeout() time.Duration { return 4 * s.opts.Timeout }
 
-// epochChanged handles a Redis that lost its data: every live lease of this
-// replica is re-added at once, and Redis's counts are not trusted for one
-// lease, the time by which every other live replica has re-added its own and
-// dead replicas' leases would have expired.
-func (s *RedisStore) epochChanged(epoch string, now time.Time) {
-	old := s.epoch.Swap(&epoch)
-	if *old == epoch {
-		return
-	}
-	s.distrustUntil(now.Add(s.opts.Lease))
-	if *old == "" {
-		return // first contact: nothing was trusted before
-	}
-	s.stats.dataLosses.Add(1)
-	s.mu.Lock()
-	for _, h := range s.held {
-		h.inRedis = false
-	}
-	s.mu.Unlock()
-	s.needSync.Store(true)
-	s.signal()
-	if ce := s.opts.Logger.Check(zapcore.WarnLevel, "redis lost its data: re-adding this replica's leases, admitting by local share for one lease"); ce != nil {
-		ce.Write(zap.String("pool", s.opts.Pool), zap.Duration("lease", s.opts.Lease))
-	}
-}
-
-// noticeEvery limits outage logging: a flapping Redis warns once per period.
-const noticeEvery = time.Minute
-
-// warnOutage logs the start of an outage as a warning, at most once per
-// noticeEvery (at debug level otherwise), and remembers whether it did so that
-// the recovery is logged alike.
-func (s *RedisStore) warnOutage(msg string, fields ...zap.Field) {
-	now := time.Now().UnixNano()
-	last := s.noticeAt.Load()
-	level := zapcore.DebugLevel
-	if (last == 0 || now-last >= int64(noticeEvery)) && s.noticeAt.CompareAndSwap(last, now) {
-		level = zapcore.WarnLevel
-		s.announced.Store(true)
-	}
-	if ce := s.opts.Logger.Check(level, msg); ce != nil {
-		ce.Write(fields...)
-	}
-}
-
-// logRecovery logs the end of an outage, at info level if its start was
-// warned about.
-func (s *RedisStore) logRecovery(msg string, fields ...zap.Field) {
-	level := zapcore.DebugLevel
-	if s.announced.Swap(false) {
-		level = zapcore.InfoLevel
-	}
-	if ce := s.opts.Logger.Check(level, msg); ce != nil {
-		ce.Write(fields...)
+// run is the store's one background goroutine. Releases, lease re-adds,
+// heartbeats and probes all run here, one after the other, so a release queued
+// after a re-add is always sent after it.
+func (s *RedisStore) run() {
+	defer close(s.done)
+	hb := s.opts.Heartbeat
+	timer := time.NewTimer(hb)
+	defer timer.Stop()
+	next := time.Now().Add(hb)
+	var probeDelay time.Duration // 0 while Redis is up
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.wake:
+		case <-timer.C:
+		}
+		if s.down.Load() {
+			switch {
+			case probeDelay == 0: // just tripped: first probe soon, in case it was a blip
+				probeDelay = max(2*s.opts.Timeout, 20*time.Millisecond)
+				next = time.Now().Add(probeDelay)
+			case !time.Now().Before(next):
+				s.expireLocal() // unrenewed leases must not hold local slots through an outage
+				if s.recover() {
+					probeDelay = 0
+					next = time.Now().Add(hb)
+				} else {
+					probeDelay = min(2*probeDelay, hb)
+					next = time.Now().Add(probeDelay)
+				}
+			}
+		} else {
+			probeDelay = 0
+			// Each step trips the breaker on failure; the next loop probes.
+			ok := s.flushReleases()
+			if ok && s.needSync.Swap(false) {
+				ok = s.syncLeases(false)
+			}
+			if ok && !time.Now().Before(next) {
+				next = time.Now().Add(hb)
+				if s.beat() {
+					s.expireLocal()
+					s.shareSketches()
+				}
+			}
+		}
+		timer.Reset(max(time.Until(next), 0))
 	}
 }
 

@@ -1,0 +1,235 @@
+package loadstate
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// Acquire implements Store. While Redis is usable it is one round trip bounded
+// by the configured timeout; otherwise it decides from local state at once (see
+// OnDown) and never returns a Redis error: a gateway keeps serving through an
+// outage. It returns an error only for a cancelled ctx or a closed store.
+func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, err
+	}
+	if s.closed.Load() {
+		return -1, errStoreClosed
+	}
+	if len(candidates) == 0 {
+		return -1, nil
+	}
+	states := make([]*backendState, len(candidates))
+	for i, c := range candidates {
+		states[i] = s.state(c.Backend)
+	}
+	now := s.opts.Now()
+	s.mu.Lock()
+	h := s.held[id]
+	s.mu.Unlock()
+	if h != nil {
+		return indexOf(states, h.backend), nil
+	}
+	if s.down.Load() {
+		return s.acquireLocal(id, states, candidates, now), nil
+	}
+	return s.acquireRedis(ctx, id, states, candidates, now)
+}
+
+func indexOf(states []*backendState, st *backendState) int {
+	for i, x := range states {
+		if x == st {
+			return i
+		}
+	}
+	// Held on a backend that is no longer a candidate: keep it there rather
+	// than take a second slot under the same id.
+	return -1
+}
+
+func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time) (int, error) {
+	n := len(candidates)
+	// Until Redis's counts can be trusted again, a candidate is offered to the
+	// script only if this replica is also within its local share, and the slot
+	// is reserved locally until the reply so that concurrent acquires cannot
+	// overshoot the share together.
+	shareLimited := s.opts.OnDown != FailOpen && !s.trusted(now)
+	var reserved []bool
+	if shareLimited {
+		reserved = make([]bool, n)
+		s.mu.Lock()
+		for i, st := range states {
+			if s.localAllowsLocked(st, candidates[i].Capacity, now) {
+				st.reserved++
+				reserved[i] = true
+			}
+		}
+		s.mu.Unlock()
+	}
+	member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
+	trustedEpoch := *s.epoch.Load()
+	keys := make([]string, 1+n)
+	args := make([]any, 5+2*n)
+	keys[0] = s.epochKey
+	args[0], args[1], args[2], args[3], args[4] = member, s.leaseMs, trustedEpoch, s.freshArg, s.chanArg
+	for i, c := range candidates {
+		keys[1+i] = states[i].key
+		capacity := c.Capacity
+		if shareLimited && !reserved[i] {
+			capacity = 0
+		}
+		args[5+i] = capacity
+		args[5+n+i] = states[i].nameArg
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+	raw, err := acquireScript.Run(cctx, s.client, keys, args...).Slice()
+	cancel()
+	s.stats.hotPathCalls.Add(1)
+	var reply acquireReply
+	if err == nil {
+		reply, err = parseAcquireReply(raw, n)
+	}
+	if err == nil && reply.chosen != -2 && trustedEpoch == "" {
+		s.learnEpoch(reply.epoch, now) // first contact happened on the request path
+	}
+
+	s.mu.Lock()
+	for i, r := range reserved {
+		if r {
+			states[i].reserved--
+		}
+	}
+	if err != nil {
+		// The script may have run before the timeout hit: remove the member
+		// wherever it could have been added. It is unique to this attempt, so
+		// the cleanup can never remove a later acquisition.
+		for _, st := range states {
+			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(s.opts.Lease), notified: true})
+		}
+		s.mu.Unlock()
+		s.stats.errors.Add(1)
+		s.signal()
+		if ctx.Err() != nil {
+			return -1, fmt.Errorf("acquiring a slot: %w", ctx.Err())
+		}
+		s.trip("acquire", err)
+		return s.acquireLocal(id, states, candidates, now), nil
+	}
+	if reply.chosen == -2 {
+		s.mu.Unlock()
+		s.epochChanged(reply.epoch, now)
+		return s.acquireLocal(id, states, candidates, now), nil
+	}
+
+	now = s.opts.Now() // the counts are as of the script's run, after the round trip
+	chosen := int(reply.chosen)
+	if prev := s.held[id]; prev != nil {
+		// A concurrent Acquire with the same id got there first: give back
+		// whatever this one took and report that slot.
+		if chosen >= 0 {
+			s.queue = append(s.queue, pendingRelease{backend: states[chosen], member: member, until: now.Add(s.opts.Lease)})
+		}
+		s.mu.Unlock()
+		s.signal()
+		return indexOf(states, prev.backend), nil
+	}
+	if chosen >= 0 {
+		st := states[chosen]
+		s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease), inRedis: true}
+		st.own.Add(1)
+	}
+	trusted := s.trusted(now)
+	for i, st := range states {
+		st.fleet.Store(reply.counts[i])
+		if trusted {
+			st.othersAt.Store(max(reply.counts[i]-st.own.Load(), 0))
+			st.contactAt.Store(now.UnixNano())
+		}
+	}
+	s.mu.Unlock()
+	return chosen, nil
+}
+
+type acquireReply struct {
+	chosen int64
+	epoch  string
+	counts []int64
+}
+
+func parseAcquireReply(raw []any, n int) (acquireReply, error) {
+	var r acquireReply
+	if len(raw) < 2 {
+		return r, fmt.Errorf("acquire script: short reply of %d values", len(raw))
+	}
+	chosen, ok1 := raw[0].(int64)
+	epoch, ok2 := raw[1].(string)
+	if !ok1 || !ok2 {
+		return r, fmt.Errorf("acquire script: unexpected reply types %T, %T", raw[0], raw[1])
+	}
+	r.chosen, r.epoch = chosen, epoch
+	if chosen == -2 {
+		return r, nil
+	}
+	if len(raw) != 2+n || chosen < -1 || chosen >= int64(n) {
+		return r, fmt.Errorf("acquire script: reply of %d values for %d candidates, chosen %d", len(raw), n, chosen)
+	}
+	r.counts = make([]int64, n)
+	for i := range n {
+		c, ok := raw[2+i].(int64)
+		if !ok {
+			return r, fmt.Errorf("acquire script: count of type %T", raw[2+i])
+		}
+		r.counts[i] = c
+	}
+	return r, nil
+}
+
+// localAllowsLocked reports whether this replica may admit one more request on
+// a backend from local state alone. fail_open: up to the full capacity.
+// Otherwise: within this replica's share, and, until their leases would have
+// expired, counting what the other replicas held at the last trusted contact
+// (they may still hold it; a replica that was at its cap when Redis went away
+// keeps its requests until they end). The caller holds s.mu.
+func (s *RedisStore) localAllowsLocked(st *backendState, capacity int, now time.Time) bool {
+	own := st.own.Load() + int64(st.reserved)
+	if s.opts.OnDown == FailOpen {
+		return own < int64(capacity)
+	}
+	if own >= int64(s.fleet.Load().share(st.name, capacity)) {
+		return false
+	}
+	return own+st.othersHeld(now, s.opts.Lease) < int64(capacity)
+}
+
+// acquireLocal decides from local state, without I/O: while Redis is down, and
+// for the one request whose round trip just failed.
+func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates []Slot, now time.Time) int {
+	s.stats.localDecisions.Add(1)
+	if s.opts.OnDown == FailClosed {
+		return -1
+	}
+	s.mu.Lock()
+	if h := s.held[id]; h != nil {
+		s.mu.Unlock()
+		return indexOf(states, h.backend)
+	}
+	for i, st := range states {
+		if s.localAllowsLocked(st, candidates[i].Capacity, now) {
+			member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
+			s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease)}
+			st.own.Add(1)
+			st.fleet.Add(1)
+			s.mu.Unlock()
+			// Not in Redis yet: the background loop adds it as soon as Redis
+			// is usable, so that the fleet counts it.
+			s.needSync.Store(true)
+			s.signal()
+			return i
+		}
+	}
+	s.mu.Unlock()
+	return -1
+}
