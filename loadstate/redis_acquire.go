@@ -10,7 +10,12 @@ import (
 // Acquire implements Store. While Redis is usable it is one round trip bounded
 // by the configured timeout; otherwise it decides from local state at once (see
 // OnDown) and never returns a Redis error: a gateway keeps serving through an
-// outage. It returns an error only for a cancelled ctx or a closed store.
+// outage. A call that failed without opening the breaker leaves the request in
+// doubt (the script may have run): it is retried with the same lease member
+// until it succeeds, the breaker opens (then decided locally) or ctx ends;
+// give ctx the request's wait budget as its deadline. Without a deadline, at
+// most breakerRounds attempts are made before deciding locally. It returns an
+// error only when ctx ends (wrapping ctx.Err()) or the store is closed.
 func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return -1, err
@@ -35,7 +40,7 @@ func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) 
 	if s.down.Load() {
 		return s.acquireLocal(id, states, candidates, now), nil
 	}
-	return s.acquireRedis(ctx, id, states, candidates, now)
+	return s.acquireRedis(ctx, id, states, candidates, now, false)
 }
 
 func indexOf(states []*backendState, st *backendState) int {
@@ -49,13 +54,16 @@ func indexOf(states []*backendState, st *backendState) int {
 	return -1
 }
 
-func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time) (int, error) {
+// acquireRedis takes a slot through the acquire script; again is set on the
+// one retry after the script reported a new epoch.
+func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time, again bool) (int, error) {
+	t := s.tun()
 	n := len(candidates)
 	// Until Redis's counts can be trusted again, a candidate is offered to the
 	// script only if this replica is also within its local share, and the slot
 	// is reserved locally until the reply so that concurrent acquires cannot
 	// overshoot the share together.
-	shareLimited := s.opts.OnDown != FailOpen && !s.trusted(now)
+	shareLimited := t.OnDown != FailOpen && !s.trusted()
 	var reserved []bool
 	if shareLimited {
 		reserved = make([]bool, n)
@@ -68,12 +76,15 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		}
 		s.mu.Unlock()
 	}
+	// One member for every attempt of this call: a retry finds what an
+	// attempt whose reply was lost took. It is unique to this call, so the
+	// cleanup after giving up can never remove another acquisition.
 	member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
 	trustedEpoch := *s.epoch.Load()
 	keys := make([]string, 1+n)
 	args := make([]any, 5+2*n)
 	keys[0] = s.epochKey
-	args[0], args[1], args[2], args[3], args[4] = member, s.leaseMs, trustedEpoch, s.freshArg, s.chanArg
+	args[0], args[1], args[2], args[3], args[4] = member, t.leaseMs, trustedEpoch, s.freshArg, s.chanArg
 	for i, c := range candidates {
 		keys[1+i] = states[i].key
 		capacity := c.Capacity
@@ -84,16 +95,45 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		args[5+n+i] = states[i].nameArg
 	}
 
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	raw, err := acquireScript.Run(cctx, s.client, keys, args...).Slice()
-	cancel()
-	s.stats.hotPathCalls.Add(1)
 	var reply acquireReply
-	if err == nil {
-		reply, err = parseAcquireReply(raw, n)
+	var err error
+	var sent time.Time // local time the successful attempt was sent
+	inDoubt := false
+	_, hasDeadline := ctx.Deadline()
+	for attempt := 1; ; attempt++ {
+		sent = s.opts.Now()
+		start := time.Now()
+		cctx, cancel := context.WithTimeout(ctx, t.Timeout)
+		var raw []any
+		raw, err = acquireScript.Run(cctx, s.client, keys, args...).Slice()
+		cancel()
+		s.stats.hotPathCalls.Add(1)
+		if err == nil {
+			if reply, err = parseAcquireReply(raw, n); err == nil {
+				s.callSucceeded()
+				break
+			}
+		}
+		inDoubt = true
+		if ctx.Err() != nil {
+			s.stats.errors.Add(1) // the caller's budget ran out: not Redis's fault
+			break
+		}
+		s.callFailed("acquire", start, err)
+		if s.down.Load() || s.closed.Load() || (!hasDeadline && attempt >= breakerRounds) {
+			break
+		}
+		s.stats.inDoubtRetries.Add(1)
+		if waited := time.Since(start); waited < t.Timeout/2 {
+			// Failed fast (not a timeout): do not spin on it.
+			if !sleepCtx(ctx, t.Timeout/2-waited) {
+				err = ctx.Err()
+				break
+			}
+		}
 	}
 	if err == nil && reply.chosen != -2 && trustedEpoch == "" {
-		s.learnEpoch(reply.epoch, now) // first contact happened on the request path
+		s.learnEpoch(reply.epoch) // first contact happened on the request path
 	}
 
 	s.mu.Lock()
@@ -102,25 +142,34 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 			states[i].reserved--
 		}
 	}
-	if err != nil {
-		// The script may have run before the timeout hit: remove the member
-		// wherever it could have been added. It is unique to this attempt, so
-		// the cleanup can never remove a later acquisition.
+	if err != nil || (reply.chosen == -2 && inDoubt) {
+		// An attempt may have run before its reply was lost: remove the
+		// member wherever it could have been added.
 		for _, st := range states {
-			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(s.opts.Lease), notified: true})
+			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(t.Lease), notified: true})
 		}
+	}
+	if err != nil {
 		s.mu.Unlock()
-		s.stats.errors.Add(1)
 		s.signal()
 		if ctx.Err() != nil {
 			return -1, fmt.Errorf("acquiring a slot: %w", ctx.Err())
 		}
-		s.trip("acquire", err)
+		if s.closed.Load() {
+			return -1, errStoreClosed
+		}
 		return s.acquireLocal(id, states, candidates, now), nil
 	}
 	if reply.chosen == -2 {
 		s.mu.Unlock()
-		s.epochChanged(reply.epoch, now)
+		s.signal()
+		s.epochChanged(reply.epoch)
+		if !again {
+			// Redis answers: ask it again under the new epoch, now
+			// share-limited, rather than trust local counts that may have
+			// been read from Redis after the loss.
+			return s.acquireRedis(ctx, id, states, candidates, now, true)
+		}
 		return s.acquireLocal(id, states, candidates, now), nil
 	}
 
@@ -130,7 +179,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		// A concurrent Acquire with the same id got there first: give back
 		// whatever this one took and report that slot.
 		if chosen >= 0 {
-			s.queue = append(s.queue, pendingRelease{backend: states[chosen], member: member, until: now.Add(s.opts.Lease)})
+			s.queue = append(s.queue, pendingRelease{backend: states[chosen], member: member, until: now.Add(t.Lease)})
 		}
 		s.mu.Unlock()
 		s.signal()
@@ -138,10 +187,10 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	}
 	if chosen >= 0 {
 		st := states[chosen]
-		s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease), inRedis: true}
+		s.held[id] = &heldLease{backend: st, member: member, lease: t.Lease, expires: now.Add(t.Lease), inRedis: true, confirmed: sent}
 		st.own.Add(1)
 	}
-	trusted := s.trusted(now)
+	trusted := s.trusted()
 	for i, st := range states {
 		st.fleet.Store(reply.counts[i])
 		if trusted {
@@ -151,6 +200,18 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	}
 	s.mu.Unlock()
 	return chosen, nil
+}
+
+// sleepCtx waits d, or until ctx ends (then it reports false).
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 type acquireReply struct {
@@ -195,20 +256,22 @@ func parseAcquireReply(raw []any, n int) (acquireReply, error) {
 // keeps its requests until they end). The caller holds s.mu.
 func (s *RedisStore) localAllowsLocked(st *backendState, capacity int, now time.Time) bool {
 	own := st.own.Load() + int64(st.reserved)
-	if s.opts.OnDown == FailOpen {
+	t := s.tun()
+	if t.OnDown == FailOpen {
 		return own < int64(capacity)
 	}
 	if own >= int64(s.fleet.Load().share(st.name, capacity)) {
 		return false
 	}
-	return own+st.othersHeld(now, s.opts.Lease) < int64(capacity)
+	return own+st.othersHeld(now, t.Lease) < int64(capacity)
 }
 
 // acquireLocal decides from local state, without I/O: while Redis is down, and
 // for the one request whose round trip just failed.
 func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates []Slot, now time.Time) int {
 	s.stats.localDecisions.Add(1)
-	if s.opts.OnDown == FailClosed {
+	t := s.tun()
+	if t.OnDown == FailClosed {
 		return -1
 	}
 	s.mu.Lock()
@@ -219,13 +282,14 @@ func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates 
 	for i, st := range states {
 		if s.localAllowsLocked(st, candidates[i].Capacity, now) {
 			member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-			s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease)}
+			s.held[id] = &heldLease{backend: st, member: member, lease: t.Lease, expires: now.Add(t.Lease)}
 			st.own.Add(1)
 			st.fleet.Add(1)
-			s.mu.Unlock()
 			// Not in Redis yet: the background loop adds it as soon as Redis
-			// is usable, so that the fleet counts it.
+			// is usable, so that the fleet counts it. Set under the lock, so
+			// that a heartbeat never reports this replica in sync without it.
 			s.needSync.Store(true)
+			s.mu.Unlock()
 			s.signal()
 			return i
 		}

@@ -1,46 +1,179 @@
 package loadstate
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 )
 
-func (s *RedisStore) trusted(now time.Time) bool { return now.UnixNano() >= s.trustAt.Load() }
+// breakerRounds is how many failed rounds in a row, without a broken
+// connection, open the breaker (see RedisStore).
+const breakerRounds = 3
 
-// distrustUntil keeps Redis's counts untrusted at least until t.
-func (s *RedisStore) distrustUntil(t time.Time) {
-	for {
-		cur := s.trustAt.Load()
-		if t.UnixNano() <= cur || s.trustAt.CompareAndSwap(cur, t.UnixNano()) {
-			return
-		}
+// breaker counts failed rounds of Redis calls since the last success.
+type breaker struct {
+	failing     atomic.Bool // a failure was counted since the last success: successes then take the lock
+	mu          sync.Mutex
+	rounds      int   // failed rounds in a row
+	lastFailure int64 // time.Now in ns when the last counted failure was seen
+}
+
+// callSucceeded records that Redis answered a call.
+func (s *RedisStore) callSucceeded() {
+	b := &s.brk
+	if !b.failing.Load() {
+		return
+	}
+	b.mu.Lock()
+	b.rounds = 0
+	b.failing.Store(false)
+	b.mu.Unlock()
+}
+
+// callFailed records a failed Redis call that began at start, and opens the
+// breaker on evidence of an outage: a broken connection at once, otherwise the
+// breakerRounds-th failed round in a row. A failure is a new round only if its
+// call began after the previous counted failure was seen: calls that overlapped
+// one slow moment of Redis are one round. Callers do not report failures
+// caused by their own context.
+func (s *RedisStore) callFailed(op string, start time.Time, err error) {
+	s.stats.errors.Add(1)
+	if s.closed.Load() || s.down.Load() {
+		return
+	}
+	if outageEvidence(err) {
+		s.trip(op, err)
+		return
+	}
+	b := &s.brk
+	b.mu.Lock()
+	if b.rounds > 0 && start.UnixNano() < b.lastFailure {
+		b.mu.Unlock()
+		return
+	}
+	b.lastFailure = time.Now().UnixNano()
+	b.rounds++
+	b.failing.Store(true)
+	n := b.rounds
+	b.mu.Unlock()
+	if n >= breakerRounds {
+		s.trip(op, fmt.Errorf("%d failed rounds in a row, the last: %w", n, err))
 	}
 }
 
-// trip opens the breaker after a failed call: requests are decided locally and
-// the background loop probes Redis until it answers.
+// outageEvidence reports whether err shows that Redis is gone, rather than
+// slow: a connection refused, reset or cut (EOF), an unreachable network or
+// host, a name that does not resolve, or Redis saying it cannot serve now.
+// Timeouts are not evidence by themselves.
+func outageEvidence(err error) bool {
+	for _, target := range []error{io.EOF, io.ErrUnexpectedEOF, syscall.ECONNREFUSED, syscall.ECONNRESET,
+		syscall.ECONNABORTED, syscall.EPIPE, syscall.ENETUNREACH, syscall.EHOSTUNREACH} {
+		if errors.Is(err, target) {
+			return true
+		}
+	}
+	var dns *net.DNSError
+	if errors.As(err, &dns) && !dns.IsTimeout {
+		return true
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		for _, prefix := range []string{"LOADING ", "MASTERDOWN ", "CLUSTERDOWN ", "READONLY "} {
+			if strings.HasPrefix(msg, prefix) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// trip opens the breaker: requests are decided locally and the background loop
+// probes Redis until it answers.
 func (s *RedisStore) trip(op string, err error) {
 	if s.closed.Load() || !s.down.CompareAndSwap(false, true) {
 		return
 	}
+	b := &s.brk
+	b.mu.Lock()
+	b.rounds = 0
+	b.failing.Store(false)
+	b.mu.Unlock()
 	s.stats.trips.Add(1)
 	s.warnOutage("redis unavailable: admitting requests from local state until it answers again",
 		zap.String("op", op), zap.String("mode", s.Mode()), zap.String("pool", s.opts.Pool), zap.Error(err))
 	s.signal()
 }
 
-// epochChanged handles a Redis that lost its data: every live lease of this
-// replica is re-added at once, and Redis's counts are not trusted for one
-// lease, the time by which every other live replica has re-added its own and
-// dead replicas' leases would have expired.
-func (s *RedisStore) epochChanged(epoch string, now time.Time) {
+// recover probes Redis while the breaker is open. On an answer it sends the
+// queued releases and re-adds every live lease of this replica (Redis may have
+// expired them during the outage, or lost them), and only then registers with
+// a heartbeat, so that a heartbeat of this replica after the outage tells the
+// others that its leases are back. Then it closes the breaker; counts stay
+// share-limited until the others' heartbeats say the same (see beat).
+func (s *RedisStore) recover() bool {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
+	err := s.client.Ping(ctx).Err()
+	cancel()
+	s.stats.heartbeats.Add(1)
+	if err != nil {
+		s.callFailed("probe", start, err)
+		return false
+	}
+	s.loadScripts()
+	s.needSync.Store(false) // every live lease is re-added below
+	if !s.flushReleases() || !s.syncLeases(true) {
+		s.needSync.Store(true)
+		return false
+	}
+	s.mu.Lock()
+	s.contactSince = s.opts.Now()
+	s.mu.Unlock()
+	s.untrusted.Store(true)
+	s.resyncFrom.Store(true) // the next heartbeat's Redis time: the others must beat after it
+	if s.beat() != nil {
+		return false
+	}
+	s.down.Store(false)
+	s.logRecovery("redis reachable again: leases resynchronised, sharing load through redis",
+		zap.String("pool", s.opts.Pool))
+	return true
+}
+
+// trusted reports whether Redis's counts can be taken as the fleet's.
+func (s *RedisStore) trusted() bool { return !s.untrusted.Load() }
+
+// learnEpoch records the epoch Redis reported; a different one than the one
+// this replica trusts means Redis lost its data.
+func (s *RedisStore) learnEpoch(epoch string) {
+	if *s.epoch.Load() != epoch {
+		s.epochChanged(epoch)
+	}
+}
+
+// epochChanged handles a new epoch. The first one is only recorded. A later
+// one means Redis lost (some of) its data: every live lease of this replica is
+// re-added, and Redis's counts are not trusted until every replica in the
+// fleet view has reported its leases back under the new epoch (or left the
+// view, a lease later).
+func (s *RedisStore) epochChanged(epoch string) {
 	old := s.epoch.Swap(&epoch)
 	if *old == epoch {
 		return
 	}
-	s.distrustUntil(now.Add(s.opts.Lease))
+	s.untrusted.Store(true)
 	if *old == "" {
 		return // first contact: nothing was trusted before
 	}
@@ -48,12 +181,14 @@ func (s *RedisStore) epochChanged(epoch string, now time.Time) {
 	s.mu.Lock()
 	for _, h := range s.held {
 		h.inRedis = false
+		h.confirmed = time.Time{}
 	}
+	s.contactSince = s.opts.Now() // the registry was lost too: give every replica a lease to beat again
+	s.needSync.Store(true)        // under the lock: see beat's sync mark
 	s.mu.Unlock()
-	s.needSync.Store(true)
 	s.signal()
-	if ce := s.opts.Logger.Check(zapcore.WarnLevel, "redis lost its data: re-adding this replica's leases, admitting by local share for one lease"); ce != nil {
-		ce.Write(zap.String("pool", s.opts.Pool), zap.Duration("lease", s.opts.Lease))
+	if ce := s.opts.Logger.Check(zapcore.WarnLevel, "redis lost its data: re-adding this replica's leases, admitting by local share until every replica has"); ce != nil {
+		ce.Write(zap.String("pool", s.opts.Pool))
 	}
 }
 
@@ -85,45 +220,5 @@ func (s *RedisStore) logRecovery(msg string, fields ...zap.Field) {
 	}
 	if ce := s.opts.Logger.Check(level, msg); ce != nil {
 		ce.Write(fields...)
-	}
-}
-
-// recover probes Redis while the breaker is open. On an answer it sends the
-// queued releases and re-adds every live lease of this replica (Redis may have
-// expired them during the outage, or lost them), then closes the breaker.
-// Counts stay share-limited for two more heartbeats, the time the other
-// replicas need to notice Redis is back and re-add the leases they took
-// locally.
-func (s *RedisStore) recover() bool {
-	if !s.beat() {
-		return false
-	}
-	s.loadScripts()
-	if !s.flushReleases() || !s.syncLeases(true) {
-		return false
-	}
-	s.distrustUntil(s.opts.Now().Add(2 * s.opts.Heartbeat))
-	s.down.Store(false)
-	s.logRecovery("redis reachable again: leases resynchronised, sharing load through redis",
-		zap.String("pool", s.opts.Pool))
-	return true
-}
-
-// learnEpoch records the epoch Redis reported: the first one is simply trusted,
-// a different one means Redis lost its data.
-func (s *RedisStore) learnEpoch(epoch string, now time.Time) {
-	for {
-		cur := s.epoch.Load()
-		switch {
-		case *cur == epoch:
-			return
-		case *cur == "":
-			if s.epoch.CompareAndSwap(cur, &epoch) {
-				return
-			}
-		default:
-			s.epochChanged(epoch, now)
-			return
-		}
 	}
 }

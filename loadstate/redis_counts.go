@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"time"
 )
 
 // Inflight implements Store, without I/O: the fleet-wide count at the last
@@ -16,11 +17,11 @@ func (s *RedisStore) Inflight(backend string) int {
 		return 0
 	}
 	now := s.opts.Now()
-	local := st.own.Load() + st.othersHeld(now, s.opts.Lease)
+	local := st.own.Load() + st.othersHeld(now, s.tun().Lease)
 	if s.down.Load() {
 		return int(local)
 	}
-	if !s.trusted(now) {
+	if !s.trusted() {
 		return int(max(local, st.fleet.Load()))
 	}
 	return int(st.fleet.Load())
@@ -33,16 +34,19 @@ func (s *RedisStore) Snapshot(ctx context.Context) (map[string]int, error) {
 	if s.down.Load() || s.closed.Load() {
 		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w", ErrUnavailable)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 4*s.opts.Timeout)
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, s.bgTimeout())
 	defer cancel()
 	counts, err := s.readCounts(cctx)
 	if err != nil {
-		s.stats.errors.Add(1)
 		if ctx.Err() == nil {
-			s.trip("snapshot", err)
+			s.callFailed("snapshot", start, err)
+		} else {
+			s.stats.errors.Add(1)
 		}
 		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w: %w", ErrUnavailable, err)
 	}
+	s.callSucceeded()
 	s.stats.snapshots.Add(1)
 	return counts, nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Release implements Store. The lease is given back locally at once and
@@ -25,7 +26,7 @@ func (s *RedisStore) Release(_ context.Context, id, backend string) error {
 	decrementFloor(&st.fleet)
 	down := s.down.Load()
 	if h.inRedis {
-		s.queue = append(s.queue, pendingRelease{backend: st, member: h.member, until: now.Add(s.opts.Lease), notified: down})
+		s.queue = append(s.queue, pendingRelease{backend: st, member: h.member, until: now.Add(h.lease), notified: down})
 	}
 	s.mu.Unlock()
 	if h.inRedis && !down {
@@ -47,7 +48,8 @@ func decrementFloor(v *atomic.Int64) {
 }
 
 // Renew implements Store: the lease is extended to a full lease from now,
-// locally and in Redis. A lease Redis no longer has (it expired during a stall,
+// locally and in Redis; its length is the one it was taken with, or the
+// store's current lease when that is longer (after Tune). A lease Redis no longer has (it expired during a stall,
 // or Redis lost it), or that was taken while Redis was unusable, is re-added by
 // the background resync rather than here, so a renewal that races with the
 // release of the same lease (a renewal timer firing as the request ends) can
@@ -62,7 +64,9 @@ func (s *RedisStore) Renew(ctx context.Context, id, backend string) error {
 		s.mu.Unlock()
 		return nil
 	}
-	h.expires = now.Add(s.opts.Lease)
+	t := s.tun()
+	lease := max(h.lease, t.Lease)
+	h.expires = now.Add(lease)
 	if !h.inRedis || s.down.Load() || s.closed.Load() {
 		s.mu.Unlock()
 		return nil
@@ -70,18 +74,27 @@ func (s *RedisStore) Renew(ctx context.Context, id, backend string) error {
 	key, member := h.backend.key, h.member
 	s.mu.Unlock()
 
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	extended, err := renewScript.Run(cctx, s.client, []string{key}, s.leaseMs, member).Int64()
+	start := time.Now()
+	cctx, cancel := context.WithTimeout(ctx, t.Timeout)
+	extended, err := renewScript.Run(cctx, s.client, []string{key}, lease.Milliseconds(), member).Int64()
 	cancel()
 	s.stats.renewals.Add(1)
 	if err != nil {
-		s.stats.errors.Add(1)
 		if ctx.Err() == nil {
-			s.trip("renew", err)
+			s.callFailed("renew", start, err)
+		} else {
+			s.stats.errors.Add(1)
 		}
 		return fmt.Errorf("renewing lease on %s: %w: %w", backend, ErrUnavailable, err)
 	}
-	if extended == 0 {
+	s.callSucceeded()
+	if extended == 1 {
+		s.mu.Lock()
+		if s.held[id] == h && h.inRedis {
+			h.lease, h.confirmed = lease, now
+		}
+		s.mu.Unlock()
+	} else {
 		s.mu.Lock()
 		if s.held[id] == h { // still in flight: the fleet must count it again
 			h.inRedis = false
@@ -98,7 +111,8 @@ const maxBatch = 256
 
 // flushReleases sends the queued releases in batches. On failure the batch is
 // put back (to be retried until the leases would have expired anyway), local
-// watchers are told (the slots are free in local state), and the breaker trips.
+// watchers are told (the slots are free in local state), and the breaker
+// counts the failure.
 func (s *RedisStore) flushReleases() bool {
 	batch := make([]pendingRelease, 0, 16)
 	for {
@@ -130,6 +144,7 @@ func (s *RedisStore) flushReleases() bool {
 			args[2+i] = r.member
 			args[2+n+i] = r.backend.nameArg
 		}
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
 		res, err := releaseScript.Run(ctx, s.client, keys, args...).Int64Slice()
 		cancel()
@@ -138,7 +153,6 @@ func (s *RedisStore) flushReleases() bool {
 			err = fmt.Errorf("release script: reply of %d values", len(res))
 		}
 		if err != nil {
-			s.stats.errors.Add(1)
 			s.mu.Lock()
 			s.queue = append(batch, s.queue...)
 			for i := range batch {
@@ -146,9 +160,10 @@ func (s *RedisStore) flushReleases() bool {
 			}
 			s.mu.Unlock()
 			s.notifyReleased(batch)
-			s.trip("release", err)
+			s.callFailed("release", start, err)
 			return false
 		}
+		s.callSucceeded()
 		s.stats.releasedLeases.Add(uint64(res[0]))
 		s.stats.publishes.Add(uint64(res[1]))
 		s.notifyReleased(batch)
@@ -176,40 +191,60 @@ next:
 }
 
 // syncLeases (re-)adds this replica's live leases to Redis: all of them after
-// an outage, otherwise those taken while Redis was unusable. It needs no
-// capacity check: these requests are in flight whatever Redis says.
+// an outage, otherwise those taken while Redis was unusable or found missing.
+// It needs no capacity check: these requests are in flight whatever Redis
+// says.
 func (s *RedisStore) syncLeases(all bool) bool {
 	now := s.opts.Now()
-	var batch []pendingRelease
+	type readd struct {
+		h     *heldLease
+		key   string
+		lease time.Duration
+	}
+	var batch []readd
 	s.mu.Lock()
 	for _, h := range s.held {
 		if (all || !h.inRedis) && now.Before(h.expires) {
 			h.inRedis = true // a release from now on must remove it from Redis
-			batch = append(batch, pendingRelease{backend: h.backend, member: h.member})
+			batch = append(batch, readd{h, h.backend.key, h.lease})
 		}
+	}
+	// The members are read under the lock; they never change afterwards.
+	members := make([]string, len(batch))
+	for i, r := range batch {
+		members[i] = r.h.member
 	}
 	s.mu.Unlock()
 	for len(batch) > 0 {
-		chunk := batch[:min(len(batch), maxBatch)]
-		batch = batch[len(chunk):]
-		keys := make([]string, len(chunk))
-		args := make([]any, 1+len(chunk))
-		args[0] = s.leaseMs
+		n := min(len(batch), maxBatch)
+		chunk := batch[:n]
+		keys := make([]string, n)
+		args := make([]any, 2*n)
 		for i, r := range chunk {
-			keys[i] = r.backend.key
-			args[1+i] = r.member
+			keys[i] = r.key
+			args[2*i], args[2*i+1] = members[i], r.lease.Milliseconds()
 		}
+		sent := s.opts.Now()
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
 		added, err := readdScript.Run(ctx, s.client, keys, args...).Int64()
 		cancel()
 		s.stats.resyncs.Add(1)
 		if err != nil {
-			s.stats.errors.Add(1)
 			s.needSync.Store(true)
-			s.trip("resync", err)
+			s.callFailed("resync", start, err)
 			return false
 		}
+		s.callSucceeded()
+		s.mu.Lock()
+		for _, r := range chunk {
+			if r.h.inRedis && r.lease >= r.h.lease {
+				r.h.lease, r.h.confirmed = r.lease, sent
+			}
+		}
+		s.mu.Unlock()
 		s.stats.resyncedLeases.Add(uint64(added))
+		batch, members = batch[n:], members[n:]
 	}
 	return true
 }
@@ -227,7 +262,7 @@ func (s *RedisStore) expireLocal() {
 			decrementFloor(&h.backend.fleet)
 			expired = append(expired, pendingRelease{backend: h.backend, member: h.member})
 			if h.inRedis {
-				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(s.opts.Lease), notified: true})
+				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(h.lease), notified: true})
 			}
 		}
 	}

@@ -10,7 +10,7 @@ import (
 
 // sketchTTL is how long a pool's sketch hashes outlive the last replica that
 // wrote them.
-func (s *RedisStore) sketchTTL() time.Duration { return max(10*s.opts.Lease, time.Minute) }
+func (s *RedisStore) sketchTTL() time.Duration { return max(10*s.tun().Lease, time.Minute) }
 
 // shareSketches publishes this replica's latency windows and merges the other
 // live replicas' into its own Sketches: one pipeline per heartbeat, one hash per

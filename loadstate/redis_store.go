@@ -47,58 +47,104 @@ var errStoreClosed = fmt.Errorf("redis load store closed: %w", ErrUnavailable)
 // should hold one store per pool: each store registers as one replica, and
 // local shares divide capacity by the number of replicas.
 //
-// When Redis is slow or down, the first failed call trips a breaker and is
-// logged once; from then on requests are decided from local state at once,
-// without waiting on Redis, according to OnDown, and Mode reports it. A
-// background probe resynchronises when Redis answers: queued releases are sent,
-// this replica's live leases re-added (Redis may have expired or lost them),
-// and counts stay share-limited for two heartbeats while the other replicas do
-// the same. When Redis comes back without its data (its epoch key changed),
-// counts stay share-limited for a whole lease instead.
+// Breaker. Redis calls on the request path are bounded by Timeout, but one
+// slow reply is not an outage: the breaker opens (and requests are decided from
+// local state at once, without waiting on Redis, according to OnDown; Mode
+// reports it, and it is logged once) only on evidence that Redis is gone:
+//   - a broken connection: refused, reset, EOF, broken pipe, unreachable
+//     network or host, a name that does not resolve, or Redis answering that
+//     it cannot serve (LOADING, MASTERDOWN, CLUSTERDOWN, READONLY); or
+//   - breakerRounds (3) failed rounds in a row, any call of the store counted,
+//     with no success in between. A failure counts as a new round only when
+//     its call began after the previous counted failure was seen, so a
+//     single stall that times out many concurrent calls is one round, and it
+//     takes about three timeouts of silence to open the breaker.
 //
-// Local mode keeps the fleet within capacity, except for two bounds it cannot
-// close without the shared state it lost (both measured by tests):
+// A call that failed because its caller's context ended is not counted.
+//
+// In doubt. An acquire whose call timed out may have run on Redis. It is
+// retried with the same lease member, so that a retry that finds the first
+// attempt's lease returns it instead of taking a second slot, for as long as
+// the caller's context allows (the handler gives it the request's wait budget
+// as a deadline; without a deadline, at most breakerRounds attempts). Only
+// when that budget runs out (an error wrapping the context's) or the breaker
+// opens (a local decision) does it give up, and then the member is removed
+// from every candidate in the background, wherever it may have been added.
+//
+// Recovery. A background probe resynchronises when Redis answers: queued
+// releases are sent, this replica's live leases re-added (Redis may have
+// expired or lost them), and only then does it register again. Counts stay
+// share-limited (each replica admits at most its share, and the Redis count
+// must have room too) until every replica in this replica's fleet view has
+// reported, in a heartbeat after the recovery, that all its leases are in
+// Redis under the current epoch; a replica that never does leaves the view a
+// lease after contact came back. A replica keeps, in its fleet view, every
+// replica it saw alive within a lease of *contact*: time spent unable to read
+// the registry is not evidence that the others died, so shares do not grow
+// after a long outage.
+//
+// Data loss. The epoch key holds a value created anew (random per store plus
+// Redis TIME) whenever it is missing, so a Redis that restarted empty or whose
+// pool keys were deleted is noticed by every replica, the one that recreated
+// it included. A replica whose heartbeat finds fewer leases on a backend than
+// it knows it holds there (lease keys evicted or deleted while the epoch key
+// survived) replaces the epoch, so that every replica treats it as a data
+// loss: leases re-added, counts share-limited as after a recovery.
+//
+// Local mode keeps the fleet within capacity, except for bounds it cannot
+// close without the shared state it lost (measured by tests):
 //   - requests that outlive a lease during the outage on a replica that held
 //     more than its share: others stop counting them once their leases would
 //     have expired (overshoot ≤ Σ max(0, held − share));
-//   - slots other replicas took through Redis after this replica's last reply
-//     from it (at most a heartbeat earlier) are unknown to it (overshoot ≤ its
-//     share).
+//   - on the way into local mode, slots other replicas took through Redis
+//     after this replica's last reply from it are unknown to it, so it may
+//     admit up to its share on top of them. The replica that heard from Redis
+//     last missed nothing, so the overshoot is at most the sum of the other
+//     replicas' shares: capacity − the last one's share, and in practice the
+//     few slots taken in the last round trip before the outage.
 //
 // A replica cut off from a Redis that the others still reach admits its share
 // on top of them, and a replica that starts while Redis is down knows no other
 // replica and takes the whole capacity as its share.
 type RedisStore struct {
 	client   redis.UniversalClient
-	opts     RedisOptions
+	opts     RedisOptions // Lease, Heartbeat, Timeout and OnDown: see tun
+	tuning   atomic.Pointer[tunables]
 	keys     keyspace
 	epochKey string
 	channel  string
-	leaseMs  any // the lease in ms, boxed once for script arguments
-	chanArg  any // channel, boxed once
+	chanArg  any // channel, boxed once for script arguments
 	freshArg any // freshEpoch, boxed once
 	info     string
 
 	// Read lock-free on the request path.
 	backends  atomic.Pointer[map[string]*backendState]
 	fleet     atomic.Pointer[fleetView]
-	down      atomic.Bool            // breaker open: Redis is not used on the request path
-	trustAt   atomic.Int64           // local Unix ns before which Redis counts are not trusted
-	epoch     atomic.Pointer[string] // the epoch whose counts this replica trusts
-	attempts  atomic.Uint64          // numbers each acquire attempt's lease member
-	needSync  atomic.Bool            // some live lease is not known to be in Redis
-	closed    atomic.Bool
-	noticeAt  atomic.Int64 // when the last outage warning was logged
-	announced atomic.Bool  // the current outage was warned about
+	down      atomic.Bool  // breaker open: Redis is not used on the request path
+	untrusted atomic.Bool  // Redis counts not trusted yet: admissions stay share-limited
+	syncFrom  atomic.Int64 // Redis ms: trust needs every replica's clean beat at or after it
+	// resyncFrom asks the next heartbeat to set syncFrom to its Redis time.
+	resyncFrom atomic.Bool
+	epoch      atomic.Pointer[string] // the epoch whose counts this replica trusts
+	attempts   atomic.Uint64          // numbers each acquire's lease member
+	needSync   atomic.Bool            // some live lease is not known to be in Redis
+	closed     atomic.Bool
+	noticeAt   atomic.Int64 // when the last outage warning was logged
+	announced  atomic.Bool  // the current outage was warned about
+	brk        breaker
 
-	freshEpoch string // what this replica sets when Redis has no epoch
+	freshEpoch string // prefix of the epoch this replica creates when Redis has none
 	bmu        sync.Mutex
 
-	mu    sync.Mutex // guards held, queue, dead and backendState.reserved; never held across I/O
+	mu    sync.Mutex // guards held, queue, dead, seen, contactSince and backendState.reserved; never held across I/O
 	held  map[string]*heldLease
 	queue []pendingRelease
 	dead  []string             // replicas found dead whose sketch fields are still to be dropped
 	seen  map[string]time.Time // replica id → when a heartbeat last reported it alive
+	// contactSince is when this replica last regained contact with Redis (or
+	// Redis lost its data): a replica missing from the registry is forgotten
+	// only a lease after both this and its last sighting.
+	contactSince time.Time
 
 	watchers watchers
 	stats    redisCounters
@@ -109,6 +155,29 @@ type RedisStore struct {
 	pubsub     *redis.PubSub
 	listenDone chan struct{}
 	closeOnce  sync.Once
+}
+
+// tunables are the settings Tune may change, read once per operation.
+type tunables struct {
+	RedisTunables
+	leaseMs any // Lease in ms, boxed once for script arguments
+}
+
+func (s *RedisStore) tun() *tunables { return s.tuning.Load() }
+
+// Tune changes the lease, heartbeat, timeout and on-down mode of a running
+// store, keeping every lease it holds. Safe for concurrent use; zero fields
+// take their defaults. It returns an error, and changes nothing, when the
+// values are invalid (a heartbeat not shorter than the lease, a non-positive
+// timeout, an unknown mode).
+func (s *RedisStore) Tune(t RedisTunables) error {
+	t.setDefaults()
+	if err := t.validate(); err != nil {
+		return fmt.Errorf("tuning the redis load store: %w", err)
+	}
+	s.tuning.Store(&tunables{RedisTunables: t, leaseMs: t.Lease.Milliseconds()})
+	s.signal() // the background loop picks up a new heartbeat at once
+	return nil
 }
 
 // backendState is what one replica knows about one backend.
@@ -136,9 +205,15 @@ func (b *backendState) othersHeld(now time.Time, lease time.Duration) int64 {
 // heldLease is a slot this replica holds.
 type heldLease struct {
 	backend *backendState
-	member  string    // the lease's member in the sorted set: lease id and attempt number
-	expires time.Time // local clock; dropped after this unless renewed
-	inRedis bool      // may be in Redis: releasing it must remove it there
+	member  string        // the lease's member in the sorted set: lease id and attempt number
+	lease   time.Duration // its length: the store's lease when taken, or a longer one since
+	expires time.Time     // local clock; dropped after this unless renewed
+	inRedis bool          // may be in Redis: releasing it must remove it there
+	// confirmed is the local time at which the last call that put the lease
+	// in Redis with a full length (acquire, renew, re-add) was sent, once it
+	// answered; zero when unknown. Redis holds the lease at least until
+	// confirmed + lease, which is what the heartbeat's loss check relies on.
+	confirmed time.Time
 }
 
 // pendingRelease is a lease member to remove from Redis.
@@ -153,7 +228,7 @@ type pendingRelease struct {
 type redisCounters struct {
 	hotPathCalls, localDecisions, releases, releasedLeases, renewals, resyncs,
 	resyncedLeases, heartbeats, sketchSyncs, snapshots, publishes, wakeups,
-	errors, trips, dataLosses, expiredLeases atomic.Uint64
+	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries atomic.Uint64
 }
 
 // RedisStats counts what a RedisStore did. Request-path calls, background
@@ -163,7 +238,8 @@ type RedisStats struct {
 	Mode string // ModeRedis, ModeLocal, ModeClosed or ModeOpen
 
 	// Request path.
-	HotPathCalls   uint64 // acquire scripts sent: one round trip each
+	HotPathCalls   uint64 // acquire scripts sent: one round trip each, retries included
+	InDoubtRetries uint64 // acquires retried with the same member after a failed call
 	LocalDecisions uint64 // acquires decided from local state, without a round trip
 	Renewals       uint64 // renew scripts sent by Renew (long streams)
 	Snapshots      uint64 // Snapshot calls that reached Redis
@@ -182,17 +258,20 @@ type RedisStats struct {
 
 	Errors        uint64 // failed Redis calls
 	Trips         uint64 // switches from Redis to local state
-	DataLosses    uint64 // times Redis was found to have lost its data
+	DataLosses    uint64 // times Redis was found to have lost its data (a new epoch)
+	LostLeases    uint64 // heartbeats that found fewer leases than this replica knows it holds
 	ExpiredLeases uint64 // leases dropped because neither released nor renewed in time
 }
 
 // NewRedisStore returns a store that shares load through client. Use a client
-// built by ClientOptions (or NewRedisClient), so that one call really costs at
-// most opts.Timeout. The store does not close the client.
+// built by ClientOptions (or NewRedisClient): the store bounds each call by
+// opts.Timeout through its context, and such a client adds no retries or
+// waits of its own. The store does not close the client.
 //
 // It contacts Redis once, bounded by opts.Timeout, to register and learn the
 // fleet; when Redis is unreachable it starts in local mode rather than failing,
-// so that a gateway can start during a Redis outage.
+// so that a gateway can start during a Redis outage. Until the heartbeats show
+// every live replica's leases in Redis, it admits by local share.
 func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore, error) {
 	if client == nil {
 		return nil, errors.New("redis load store: nil client")
@@ -208,33 +287,36 @@ func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore
 		return nil, err
 	}
 	s := &RedisStore{
-		client:     client,
-		opts:       opts,
-		keys:       newKeyspace(opts.KeyPrefix, opts.Pool),
-		leaseMs:    opts.Lease.Milliseconds(),
-		info:       info,
-		freshEpoch: randomHex(16),
-		held:       make(map[string]*heldLease),
-		wake:       make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		done:       make(chan struct{}),
-		listenDone: make(chan struct{}),
+		client:       client,
+		opts:         opts,
+		keys:         newKeyspace(opts.KeyPrefix, opts.Pool),
+		info:         info,
+		freshEpoch:   randomHex(8),
+		held:         make(map[string]*heldLease),
+		contactSince: opts.Now(),
+		wake:         make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		done:         make(chan struct{}),
+		listenDone:   make(chan struct{}),
 	}
+	t := opts.tunables()
+	s.tuning.Store(&tunables{RedisTunables: t, leaseMs: t.Lease.Milliseconds()})
 	s.epochKey = s.keys.epoch()
 	s.channel = s.keys.released()
 	s.chanArg, s.freshArg = s.channel, s.freshEpoch
 	empty := ""
 	s.epoch.Store(&empty)
+	s.untrusted.Store(true)
 	s.backends.Store(&map[string]*backendState{})
 	s.fleet.Store(&fleetView{live: []string{opts.ReplicaID}})
 
-	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), t.Timeout)
 	s.pubsub = client.Subscribe(ctx, s.channel) // go-redis resubscribes by itself after reconnecting
 	cancel()
-	if s.beat() {
-		s.loadScripts()
+	if err := s.beat(); err != nil {
+		s.trip("start", err) // start in local mode; the background loop probes
 	} else {
-		s.down.Store(true) // beat already logged the warning
+		s.loadScripts()
 	}
 	go s.listen()
 	go s.run()
@@ -310,15 +392,17 @@ func (s *RedisStore) signal() {
 // reclaims expired leases.
 func (s *RedisStore) Watch(fn func(backend string)) (stop func()) { return s.watchers.add(fn) }
 
-// LeaseTTL implements Store.
-func (s *RedisStore) LeaseTTL() time.Duration { return s.opts.Lease }
+// LeaseTTL implements Store: the lease given to slots taken from now on.
+func (s *RedisStore) LeaseTTL() time.Duration { return s.tun().Lease }
 
 // Mode returns how the store admits requests right now: ModeRedis, or while
-// Redis is down (or not trusted after losing its data) ModeLocal, ModeClosed or
-// ModeOpen according to OnDown.
+// Redis is down ModeLocal, ModeClosed or ModeOpen according to OnDown, or
+// ModeLocal while Redis answers but its counts are not trusted yet (after a
+// recovery or a data loss, until every replica's leases are back in it).
 func (s *RedisStore) Mode() string {
+	onDown := s.tun().OnDown
 	if s.down.Load() {
-		switch s.opts.OnDown {
+		switch onDown {
 		case FailClosed:
 			return ModeClosed
 		case FailOpen:
@@ -326,7 +410,7 @@ func (s *RedisStore) Mode() string {
 		}
 		return ModeLocal
 	}
-	if s.opts.OnDown != FailOpen && !s.trusted(s.opts.Now()) {
+	if onDown != FailOpen && !s.trusted() {
 		return ModeLocal
 	}
 	return ModeRedis
@@ -353,6 +437,8 @@ func (s *RedisStore) Stats() RedisStats {
 		Trips:          c.trips.Load(),
 		DataLosses:     c.dataLosses.Load(),
 		ExpiredLeases:  c.expiredLeases.Load(),
+		InDoubtRetries: c.inDoubtRetries.Load(),
+		LostLeases:     c.lostLeases.Load(),
 	}
 }
 
@@ -373,7 +459,7 @@ func (s *RedisStore) Close() error {
 			delete(s.held, id)
 			h.backend.own.Add(-1)
 			if h.inRedis {
-				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(s.opts.Lease), notified: true})
+				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(h.lease), notified: true})
 			}
 		}
 		s.mu.Unlock()
@@ -399,16 +485,15 @@ func (s *RedisStore) abandon() {
 	})
 }
 
-// bgTimeout bounds one background call. The client's own read timeout (the
-// request-path timeout, with ClientOptions) still applies to each command.
-func (s *RedisStore) bgTimeout() time.Duration { return 4 * s.opts.Timeout }
+// bgTimeout bounds one background call.
+func (s *RedisStore) bgTimeout() time.Duration { return 4 * s.tun().Timeout }
 
 // run is the store's one background goroutine. Releases, lease re-adds,
 // heartbeats and probes all run here, one after the other, so a release queued
 // after a re-add is always sent after it.
 func (s *RedisStore) run() {
 	defer close(s.done)
-	hb := s.opts.Heartbeat
+	hb := s.tun().Heartbeat
 	timer := time.NewTimer(hb)
 	defer timer.Stop()
 	next := time.Now().Add(hb)
@@ -420,10 +505,15 @@ func (s *RedisStore) run() {
 		case <-s.wake:
 		case <-timer.C:
 		}
+		t := s.tun()
+		if t.Heartbeat != hb { // tuned: the new period from now on
+			hb = t.Heartbeat
+			next = minTime(next, time.Now().Add(hb))
+		}
 		if s.down.Load() {
 			switch {
 			case probeDelay == 0: // just tripped: first probe soon, in case it was a blip
-				probeDelay = max(2*s.opts.Timeout, 20*time.Millisecond)
+				probeDelay = max(2*t.Timeout, 20*time.Millisecond)
 				next = time.Now().Add(probeDelay)
 			case !time.Now().Before(next):
 				s.expireLocal() // unrenewed leases must not hold local slots through an outage
@@ -437,14 +527,15 @@ func (s *RedisStore) run() {
 			}
 		} else {
 			probeDelay = 0
-			// Each step trips the breaker on failure; the next loop probes.
+			// A failed step is counted by the breaker; the next wake-up or
+			// heartbeat tries again, or probes once the breaker is open.
 			ok := s.flushReleases()
 			if ok && s.needSync.Swap(false) {
 				ok = s.syncLeases(false)
 			}
 			if ok && !time.Now().Before(next) {
 				next = time.Now().Add(hb)
-				if s.beat() {
+				if s.beat() == nil {
 					s.expireLocal()
 					s.shareSketches()
 				}
@@ -452,6 +543,13 @@ func (s *RedisStore) run() {
 		}
 		timer.Reset(max(time.Until(next), 0))
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // Interface guards

@@ -128,7 +128,7 @@ func TestRedisKeyLayout(t *testing.T) {
 	base := "mr:{" + pool + "}:"
 	want := map[string]bool{
 		base + "lease:gpu-1": true, base + "lease:" + keyPart(odd): true, base + "epoch": true,
-		base + "replicas": true, base + "replica-info": true, base + "backends": true,
+		base + "replicas": true, base + "replica-info": true, base + "replica-sync": true, base + "backends": true,
 		base + "sketch:gpu-1:latency": true,
 	}
 	for _, k := range keys {
