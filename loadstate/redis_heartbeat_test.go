@@ -87,29 +87,31 @@ func TestRedisLongOutageKeepsFleetAndShares(t *testing.T) {
 
 // TestRedisEpochNewOnEveryCreation: every key of the pool is deleted while
 // replicas hold leases (as FLUSHALL, or a restart without persistence, would);
-// the replica that made the first epoch recreates it. The new value must
-// differ, so that every replica, the creator included, notices the loss and
-// re-adds its leases, and none admits on top of them.
+// the replica that made the first epoch recreates it on its next acquire. The
+// new value must differ, so that every replica, the creator included, notices
+// the loss and re-adds its leases, and none admits on top of them.
 func TestRedisEpochNewOnEveryCreation(t *testing.T) {
 	srv := redistest.Start(t)
 	pool := newTestPool()
-	opts := func(id string, beat time.Duration) RedisOptions {
-		return RedisOptions{Pool: pool, ReplicaID: id, Lease: 20 * time.Second, Heartbeat: beat}
+	// Heartbeats too rare to matter: the acquires below are the only calls.
+	opts := func(id string) RedisOptions {
+		return RedisOptions{Pool: pool, ReplicaID: id, Lease: 60 * time.Second, Heartbeat: 30 * time.Second}
 	}
-	a := newTestStore(t, standaloneEnv(srv), opts("a", 100*time.Millisecond)) // creates the first epoch
+	a := newTestStore(t, standaloneEnv(srv), opts("a")) // creates the first epoch
 	direct := srv.Client()
 	ctx := context.Background()
 	first, err := direct.Get(ctx, a.epochKey).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	// b beats rarely: a's next call, not b's heartbeat, recreates the epoch.
-	b := newTestStore(t, standaloneEnv(srv), opts("b", 15*time.Second))
+	b := newTestStore(t, standaloneEnv(srv), opts("b"))
 	x := Slot{"x", 2}
 	mustAcquire(t, a, "a1", []Slot{x}, 0)
 	mustAcquire(t, a, "a2", []Slot{x}, 0)
 	mustAcquire(t, b, "b-full", []Slot{x}, -1) // b's last contact: x full
-	waitFor(t, 10*time.Second, "a to trust redis", func() bool { return a.Mode() == ModeRedis })
+	if a.Mode() != ModeRedis || b.Mode() != ModeRedis {
+		t.Fatalf("modes %q, %q; want both trusting redis", a.Mode(), b.Mode())
+	}
 
 	keys, err := direct.Keys(ctx, "mr:{"+pool+"}:*").Result()
 	if err != nil || len(keys) == 0 {
@@ -118,10 +120,15 @@ func TestRedisEpochNewOnEveryCreation(t *testing.T) {
 	if err := direct.Del(ctx, keys...).Err(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "a to notice the data loss", func() bool { return a.Stats().DataLosses == 1 })
+	// a's acquire recreates the epoch: it must see a new one, and not
+	// admit a third request on a backend of capacity 2 that holds two.
+	mustAcquire(t, a, "a3", []Slot{x}, -1)
 	second, err := direct.Get(ctx, a.epochKey).Result()
 	if err != nil || second == first {
 		t.Fatalf("epoch after the loss = %q (%v), before %q: want a new value", second, err, first)
+	}
+	if st := a.Stats(); st.DataLosses != 1 {
+		t.Errorf("a: %d data losses seen, want 1", st.DataLosses)
 	}
 	waitFor(t, 10*time.Second, "a's leases re-added", snapshotIs(a, map[string]int{"x": 2}))
 	// b learns it on its next acquire, and x is full by a's leases.
