@@ -442,6 +442,14 @@ func (s *RedisStore) Stats() RedisStats {
 	}
 }
 
+// Held returns how many slots this replica holds now (requests in flight
+// that acquired through this store and have not released).
+func (s *RedisStore) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
+}
+
 // ReplicaID returns this replica's id.
 func (s *RedisStore) ReplicaID() string { return s.opts.ReplicaID }
 
