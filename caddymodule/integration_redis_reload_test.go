@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/modelrouter/modelrouter/internal/redistest"
+	"github.com/redis/go-redis/v9"
 )
 
 // redisReloadCaddyfile is a router with one gated backend of max_inflight 1,
@@ -36,13 +37,37 @@ func redisReloadCaddyfile(redisURL, lease, heartbeat, timeout, onDown string) st
 }
 
 // TestIntegrationRedisReloadKeepsLeases: a reload that changes only one of
-// the redis block's tunables (timeout, lease, heartbeat, on_redis_down) while
-// a request is in flight keeps that request's lease in Redis throughout (it is
+// the redis block's tunables (timeout, lease, heartbeat, on_redis_down), or
+// the password (rotated: the same Redis, a new client and store), while a
+// request is in flight keeps that request's lease in Redis throughout (it is
 // renewed past its first expiry), so a second request is not admitted on top
 // of it; the first one completes and releases its slot.
 func TestIntegrationRedisReloadKeepsLeases(t *testing.T) {
 	srv := redistest.Start(t)
+	plain := srv.Client()
+	// A second server whose default user accepts two passwords, as during a
+	// rotation.
+	rotating := redistest.Start(t)
+	if err := rotating.Client().Do(context.Background(), "ACL", "SETUSER", "default", "on", ">old-secret", ">new-secret").Err(); err != nil {
+		t.Fatalf("setting passwords: %v", err)
+	}
+	authed := redis.NewClient(&redis.Options{Addr: rotating.Addr, Password: "old-secret", MaxRetries: -1, DisableIdentity: true})
+	t.Cleanup(func() { _ = authed.Close() })
+	rotatingURL := func(password string) string { return "redis://:" + password + "@" + rotating.Addr + "/0" }
+
 	base := []string{"2s", "100ms", "100ms", "fail_local"} // lease, heartbeat, timeout, on_redis_down
+	tuned := func(index int, value string) (string, string) {
+		changed := append([]string(nil), base...)
+		changed[index] = value
+		return redisReloadCaddyfile(srv.URL(), base[0], base[1], base[2], base[3]),
+			redisReloadCaddyfile(srv.URL(), changed[0], changed[1], changed[2], changed[3])
+	}
+	type reloadCase struct {
+		name          string
+		before, after string
+		direct        redis.UniversalClient
+	}
+	var cases []reloadCase
 	for _, c := range []struct {
 		name  string
 		index int
@@ -53,16 +78,21 @@ func TestIntegrationRedisReloadKeepsLeases(t *testing.T) {
 		{"heartbeat", 1, "300ms"},
 		{"on_redis_down", 3, "fail_closed"},
 	} {
+		before, after := tuned(c.index, c.value)
+		cases = append(cases, reloadCase{c.name, before, after, plain})
+	}
+	cases = append(cases, reloadCase{"password",
+		redisReloadCaddyfile(rotatingURL("old-secret"), base[0], base[1], base[2], base[3]),
+		redisReloadCaddyfile(rotatingURL("new-secret"), base[0], base[1], base[2], base[3]),
+		authed})
+
+	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			up := newUpstream(t, "a", 0, true)
-			before := redisReloadCaddyfile(srv.URL(), base[0], base[1], base[2], base[3])
-			changed := append([]string(nil), base...)
-			changed[c.index] = c.value
-			after := redisReloadCaddyfile(srv.URL(), changed[0], changed[1], changed[2], changed[3])
-			g := startGateway(t, gatewayOptions{admin: true}, before, map[string]string{"a": up.srv.URL})
+			g := startGateway(t, gatewayOptions{admin: true}, c.before, map[string]string{"a": up.srv.URL})
 			url := g.url("gw") + "/v1/chat/completions"
 			ctx := context.Background()
-			direct := srv.Client()
+			direct := c.direct
 			leaseKey := "mr:{" + g.pool + "}:lease:a"
 			redisNow := func() int64 {
 				tm, err := direct.Time(ctx).Result()
@@ -109,7 +139,7 @@ func TestIntegrationRedisReloadKeepsLeases(t *testing.T) {
 				}
 			}()
 
-			if err := g.reload(after); err != nil {
+			if err := g.reload(c.after); err != nil {
 				t.Fatalf("reload changing %s: %v", c.name, err)
 			}
 			resp, body := post(t, url, chatBody("m"))

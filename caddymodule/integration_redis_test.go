@@ -3,12 +3,14 @@ package caddymodule
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelrouter/modelrouter/internal/redistest"
+	"github.com/modelrouter/modelrouter/loadstate"
 )
 
 // TestIntegrationRedisStoreAndAlert: with a redis block the handler routes
@@ -148,4 +150,28 @@ func TestIntegrationRedisLongRequestKeepsItsLease(t *testing.T) {
 		t.Fatalf("long request: status %d", code)
 	}
 	eventually(t, 5*time.Second, "the lease to be released", func() bool { return live() == 0 })
+}
+
+// TestRedisClientKeyHidesSecrets: the key that shares Redis clients (and,
+// through it, stores) identifies the connection without carrying its
+// credentials, and does not change with the per-call timeout.
+func TestRedisClientKeyHidesSecrets(t *testing.T) {
+	cfg := loadstate.RedisConfig{URL: "redis://user:hunter2-secret@127.0.0.1:7000/1", Password: "other-secret",
+		MasterName: "m", SentinelAddrs: []string{"127.0.0.1:26379"}, SentinelPassword: "sentinel-secret", Timeout: 50 * time.Millisecond}
+	key := redisClientKey(cfg)
+	for _, secret := range []string{"hunter2", "other-secret", "sentinel-secret", "user:"} {
+		if strings.Contains(key, secret) {
+			t.Errorf("client key %q contains %q", key, secret)
+		}
+	}
+	slower := cfg
+	slower.Timeout = time.Second
+	if redisClientKey(slower) != key {
+		t.Error("the timeout changes the client key: a reload changing it would build a new client and store")
+	}
+	rotated := cfg
+	rotated.Password = "rotated-secret"
+	if redisClientKey(rotated) == key {
+		t.Error("a new password keeps the client key: the old client would be reused with the old password")
+	}
 }
