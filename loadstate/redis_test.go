@@ -175,8 +175,14 @@ func TestRedisLeaseExpiryReclaimsDeadReplica(t *testing.T) {
 		t.Fatalf("slots came back after %v, well before the lease %v expired", took, lease)
 	}
 	expectWake(t, woke, "x", "the surviving replica")
-	mustAcquire(t, b, "b1", []Slot{x}, 0)
-	mustAcquire(t, b, "b2", []Slot{x}, 0)
+	// a took its slots one after the other, so they come back one after
+	// the other.
+	for _, id := range []string{"b1", "b2"} {
+		waitFor(t, lease+10*time.Second, "b to get another of a's slots", func() bool {
+			got, _ := b.Acquire(context.Background(), id, []Slot{x})
+			return got == 0
+		})
+	}
 	mustAcquire(t, b, "b3", []Slot{x}, -1)
 	waitFor(t, lease+10*time.Second, "the dead replica to leave the registry", func() bool { return b.LiveReplicas() == 1 })
 }
