@@ -187,7 +187,10 @@ type RedisConfig struct {
 }
 
 // ClientOptions returns go-redis options for the request path: one call costs at
-// most cfg.Timeout, end to end. go-redis's defaults would defeat that: 3 retries
+// most cfg.Timeout, end to end, or less when its context has an earlier
+// deadline (ContextTimeoutEnabled): a RedisStore gives every call a deadline
+// of its own (tunable) timeout, so a client built with a longer Timeout, as a
+// ceiling, serves stores whose timeout changes without being rebuilt. go-redis's defaults would defeat that: 3 retries
 // with backoff, 5 retried dials of 5s each, 3s reads and a pool wait of the read
 // timeout plus 1s. A failed call must fail fast so that the store switches to
 // local mode; it is the store, not the client, that decides when to try again.
