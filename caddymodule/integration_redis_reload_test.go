@@ -55,7 +55,7 @@ func TestIntegrationRedisReloadKeepsLeases(t *testing.T) {
 	t.Cleanup(func() { _ = authed.Close() })
 	rotatingURL := func(password string) string { return "redis://:" + password + "@" + rotating.Addr + "/0" }
 
-	base := []string{"2s", "100ms", "100ms", "fail_local"} // lease, heartbeat, timeout, on_redis_down
+	base := []string{"1s", "100ms", "100ms", "fail_local"} // lease, heartbeat, timeout, on_redis_down
 	tuned := func(index int, value string) (string, string) {
 		changed := append([]string(nil), base...)
 		changed[index] = value
@@ -74,7 +74,7 @@ func TestIntegrationRedisReloadKeepsLeases(t *testing.T) {
 		value string
 	}{
 		{"timeout", 2, "150ms"},
-		{"lease", 0, "1s"},
+		{"lease", 0, "600ms"},
 		{"heartbeat", 1, "300ms"},
 		{"on_redis_down", 3, "fail_closed"},
 	} {
