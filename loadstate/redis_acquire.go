@@ -98,7 +98,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	var reply acquireReply
 	var err error
 	var sent time.Time // local time the successful attempt was sent
-	inDoubt := false
+	inDoubt, budgetOver := false, false
 	_, hasDeadline := ctx.Deadline()
 	for attempt := 1; ; attempt++ {
 		sent = s.opts.Now()
@@ -115,8 +115,12 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 			}
 		}
 		inDoubt = true
-		if ctx.Err() != nil {
-			s.stats.errors.Add(1) // the caller's budget ran out: not Redis's fault
+		// An attempt cut short by the caller's budget says nothing about
+		// Redis. (The deadline can pass, ending the attempt, a moment
+		// before ctx's own timer marks it done.)
+		if callerEnded(ctx) {
+			s.stats.errors.Add(1)
+			budgetOver = true
 			break
 		}
 		s.callFailed("acquire", start, err)
@@ -127,7 +131,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		if waited := time.Since(start); waited < t.Timeout/2 {
 			// Failed fast (not a timeout): do not spin on it.
 			if !sleepCtx(ctx, t.Timeout/2-waited) {
-				err = ctx.Err()
+				budgetOver = true
 				break
 			}
 		}
@@ -152,8 +156,12 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	if err != nil {
 		s.mu.Unlock()
 		s.signal()
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("acquiring a slot: %w", ctx.Err())
+		if budgetOver || ctx.Err() != nil {
+			cause := ctx.Err()
+			if cause == nil { // the deadline passed; its timer has yet to mark ctx
+				cause = context.DeadlineExceeded
+			}
+			return -1, fmt.Errorf("acquiring a slot: %w", cause)
 		}
 		if s.closed.Load() {
 			return -1, errStoreClosed
@@ -200,6 +208,17 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	}
 	s.mu.Unlock()
 	return chosen, nil
+}
+
+// callerEnded reports whether ctx is done or its deadline has passed: an
+// I/O deadline taken from ctx can fire a moment before ctx's own timer marks
+// it done, and a call that failed so says nothing about Redis.
+func callerEnded(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	deadline, ok := ctx.Deadline()
+	return ok && !time.Now().Before(deadline)
 }
 
 // sleepCtx waits d, or until ctx ends (then it reports false).

@@ -39,7 +39,7 @@ func (s *RedisStore) Snapshot(ctx context.Context) (map[string]int, error) {
 	defer cancel()
 	counts, err := s.readCounts(cctx)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !callerEnded(ctx) {
 			s.callFailed("snapshot", start, err)
 		} else {
 			s.stats.errors.Add(1)

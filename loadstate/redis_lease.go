@@ -80,7 +80,7 @@ func (s *RedisStore) Renew(ctx context.Context, id, backend string) error {
 	cancel()
 	s.stats.renewals.Add(1)
 	if err != nil {
-		if ctx.Err() == nil {
+		if !callerEnded(ctx) {
 			s.callFailed("renew", start, err)
 		} else {
 			s.stats.errors.Add(1)

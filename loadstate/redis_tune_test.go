@@ -17,8 +17,10 @@ func TestRedisTuneAppliesLive(t *testing.T) {
 	// The client's own bound is a ceiling well above the timeouts below: the
 	// store's per-call deadline is what applies.
 	client := testClient(t, RedisConfig{URL: "redis://" + proxy.Addr, Timeout: 5 * time.Second})
+	// Heartbeats rare at first: none falls into the slow replies below (three
+	// failed rounds would open the breaker), and the tuned period shows.
 	s, err := NewRedisStore(client, RedisOptions{Pool: newTestPool(), ReplicaID: "a", Lease: 10 * time.Second,
-		Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond})
+		Heartbeat: 5 * time.Second, Timeout: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +41,7 @@ func TestRedisTuneAppliesLive(t *testing.T) {
 
 	// Replies 300ms late: over the timeout of 100ms, under one of 2s.
 	proxy.SetReplyDelay(300 * time.Millisecond)
-	short, cancel := context.WithTimeout(ctx, 250*time.Millisecond) // one attempt's worth of budget
+	short, cancel := context.WithTimeout(ctx, 150*time.Millisecond) // one attempt's worth of budget
 	if _, err := s.Acquire(short, "slow", []Slot{x}); err == nil {
 		t.Fatal("an acquire answered after 300ms succeeded under a 100ms timeout")
 	}
@@ -81,9 +83,9 @@ func TestRedisTuneAppliesLive(t *testing.T) {
 	if s.Mode() != ModeRedis {
 		t.Fatalf("mode %q", s.Mode())
 	}
-	// The new heartbeat period is in force.
+	// The new heartbeat period (200ms, was 5s) is in force.
 	beats := s.Stats().Heartbeats
-	waitFor(t, 10*time.Second, "heartbeats at the new period", func() bool { return s.Stats().Heartbeats >= beats+3 })
+	waitFor(t, 4*time.Second, "heartbeats at the new period", func() bool { return s.Stats().Heartbeats >= beats+3 })
 	if got := s.tun().OnDown; got != FailClosed {
 		t.Fatalf("on-down mode after Tune = %q", got)
 	}
