@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -474,13 +475,18 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 		if rt.ctx.Err() != nil {
 			return -1, &apiError{Status: 499, Code: "client_closed_request"}
 		}
-		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
-			c.Write(zap.Error(err))
-		}
 		// The acquire may have run on the server before the error: release the
 		// id on every candidate so no slot is left behind.
 		for _, s := range slots {
 			_ = h.store.Release(context.WithoutCancel(ctx), rt.id, s.Backend)
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			// A shared store kept retrying an acquire in doubt for the
+			// whole wait budget: as for a wait that ran out, come back later.
+			return -1, rt.full("the shared load state did not confirm a slot within the longest wait allowed")
+		}
+		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
+			c.Write(zap.Error(err))
 		}
 		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
 	}

@@ -3,12 +3,14 @@ package caddymodule
 import (
 	"net/http"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/modelrouter/modelrouter/internal/redistest"
+	"github.com/modelrouter/modelrouter/loadstate"
 )
 
 // TestIntegrationRedisStoreAndAlert: with a redis block the handler routes
@@ -129,10 +131,19 @@ func TestIntegrationRedisLongRequestKeepsItsLease(t *testing.T) {
 	}()
 	eventually(t, 5*time.Second, "the long request to reach the backend", func() bool { return up.cur.Load() == 1 })
 
-	// Four lease lifetimes later the lease is still live in Redis...
-	time.Sleep(4 * lease)
+	// Redis time well past the first lease's expiry (several renewals due),
+	// the lease is still live in Redis...
+	members, err := srv.Client().ZRangeWithScores(t.Context(), leaseKey, 0, -1).Result()
+	if err != nil || len(members) != 1 {
+		t.Fatalf("leases of the long request: %v, %v; want one", members, err)
+	}
+	firstExpiry := int64(members[0].Score)
+	eventually(t, 30*time.Second, "Redis time three leases past the first expiry", func() bool {
+		tm, err := srv.Client().Time(t.Context()).Result()
+		return err == nil && tm.UnixMilli() > firstExpiry+3*lease.Milliseconds()
+	})
 	if n := live(); n != 1 {
-		t.Fatalf("%d live leases after %v of a running request, want 1 (renewed)", n, 4*lease)
+		t.Fatalf("%d live leases three leases after the first one expired, want 1 (renewed)", n)
 	}
 	// ...so the fleet is full: another request waits out max_wait.
 	resp, body := post(t, url, chatBody("m"))
@@ -148,4 +159,28 @@ func TestIntegrationRedisLongRequestKeepsItsLease(t *testing.T) {
 		t.Fatalf("long request: status %d", code)
 	}
 	eventually(t, 5*time.Second, "the lease to be released", func() bool { return live() == 0 })
+}
+
+// TestRedisClientKeyHidesSecrets: the key that shares Redis clients (and,
+// through it, stores) identifies the connection without carrying its
+// credentials, and does not change with the per-call timeout.
+func TestRedisClientKeyHidesSecrets(t *testing.T) {
+	cfg := loadstate.RedisConfig{URL: "redis://user:hunter2-secret@127.0.0.1:7000/1", Password: "other-secret",
+		MasterName: "m", SentinelAddrs: []string{"127.0.0.1:26379"}, SentinelPassword: "sentinel-secret", Timeout: 50 * time.Millisecond}
+	key := redisClientKey(cfg)
+	for _, secret := range []string{"hunter2", "other-secret", "sentinel-secret", "user:"} {
+		if strings.Contains(key, secret) {
+			t.Errorf("client key %q contains %q", key, secret)
+		}
+	}
+	slower := cfg
+	slower.Timeout = time.Second
+	if redisClientKey(slower) != key {
+		t.Error("the timeout changes the client key: a reload changing it would build a new client and store")
+	}
+	rotated := cfg
+	rotated.Password = "rotated-secret"
+	if redisClientKey(rotated) == key {
+		t.Error("a new password keeps the client key: the old client would be reused with the old password")
+	}
 }

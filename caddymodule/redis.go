@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -33,6 +35,8 @@ type RedisConfig struct {
 	Cluster []string `json:"cluster,omitempty"`
 
 	// Username and Password override the URL's; placeholders are expanded.
+	// Credentials never appear in logs, errors or the keys that share
+	// clients and stores (only a hash of them does).
 	Username string `json:"username,omitempty"`
 	Password string `json:"password,omitempty"`
 
@@ -51,6 +55,13 @@ type RedisConfig struct {
 	// live replica takes its share of every backend's capacity), fail_closed
 	// (nothing) or fail_open (the full capacity, on each replica). Default:
 	// fail_local.
+	//
+	// Lease, Heartbeat, Timeout and OnRedisDown can change on a config reload
+	// without dropping anything: the store (keyed by the connection, the key
+	// prefix and the pool) is kept, with the leases of the requests in flight,
+	// and tuned. Changing the connection, the key prefix or the pool starts a
+	// new store, and the old one releases its leases once the last request of
+	// the old config is done.
 	OnRedisDown string `json:"on_redis_down,omitempty"`
 
 	// KeyPrefix starts every Redis key. Default: "mr".
@@ -94,13 +105,30 @@ func (c *RedisConfig) clientConfig(repl *caddy.Replacer) loadstate.RedisConfig {
 }
 
 // redisClients shares Redis clients across config reloads and routers, keyed
-// by every option that shapes the client, and closes one when its last user
-// is gone.
+// by what identifies the connection (redisClientKey), and closes one when its
+// last user is gone.
 var redisClients = caddy.NewUsagePool()
+
+// redisClientCeiling is the clients' own bound on one call. The store gives
+// every call a deadline of its (reloadable) timeout through the context, which
+// the client honours, so a changed timeout needs no new client; the ceiling
+// only bounds a call that would come without a deadline.
+const redisClientCeiling = 30 * time.Second
 
 type pooledClient struct{ redis.UniversalClient }
 
 func (p pooledClient) Destruct() error { return p.Close() }
+
+// redisClientKey identifies a connection: addresses, database, TLS and
+// credentials. The credentials only enter through a hash, so that neither the
+// key nor anything derived from it (store keys, logs, errors) carries a
+// password.
+func redisClientKey(cfg loadstate.RedisConfig) string {
+	cfg.Timeout = 0 // not part of the identity: applied per call
+	b, _ := json.Marshal(cfg)
+	sum := sha256.Sum256(b)
+	return "redis-client:" + hex.EncodeToString(sum[:])
+}
 
 // redisLogOnce routes go-redis's own log lines (one per failed dial during an
 // outage, otherwise on stderr) into Caddy's logs, once per process.
@@ -109,8 +137,8 @@ var redisLogOnce sync.Once
 func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 	redisLogOnce.Do(func() { redis.SetLogger(loadstate.RedisLogger(caddy.Log())) })
 	cfg := h.Redis.clientConfig(caddy.NewReplacer())
-	keyBytes, _ := json.Marshal(cfg)
-	clientKey := string(keyBytes)
+	clientKey := redisClientKey(cfg)
+	cfg.Timeout = redisClientCeiling
 	cv, _, err := redisClients.LoadOrNew(clientKey, func() (caddy.Destructor, error) {
 		c, err := loadstate.NewRedisClient(cfg)
 		if err != nil {
@@ -124,21 +152,33 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 	client := cv.(pooledClient)
 
 	onDown, _ := loadstate.ParseOnDown(h.Redis.OnRedisDown)
-	// The store is keyed by everything that shapes it: routers that agree on
-	// all of it share one store (and one set of leases) within this process.
-	h.storeKey = fmt.Sprintf("redis:%s|%s|%s|%v|%v|%v|%s", clientKey, h.Redis.KeyPrefix, h.Pool,
-		h.Redis.Lease, h.Redis.Heartbeat, h.Redis.Timeout, onDown)
+	tunables := loadstate.RedisTunables{
+		Lease:     time.Duration(h.Redis.Lease),
+		Heartbeat: time.Duration(h.Redis.Heartbeat),
+		Timeout:   time.Duration(h.Redis.Timeout),
+		OnDown:    onDown,
+	}
+	// The store is keyed by what identifies the shared state (the
+	// connection, the key prefix and the pool), not by its tunables: a
+	// reload that changes only lease, heartbeat, timeout or on_redis_down
+	// keeps the store, and the leases of the requests still in flight, and
+	// tunes it instead. Routers that agree on the identity share one store
+	// (one replica, one set of leases) within this process; the tunables of
+	// the router provisioned last apply.
+	h.storeKey = "redis:" + clientKey + "|" + h.Redis.KeyPrefix + "|" + h.Pool
+	created := false
 	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
+		created = true
 		sketches := loadstate.NewSketches(0, 0, nil)
 		store, err := loadstate.NewRedisStore(client, loadstate.RedisOptions{
 			Pool:        h.Pool,
 			KeyPrefix:   h.Redis.KeyPrefix,
 			ReplicaAddr: replicaAddr(),
 			Version:     version(),
-			Lease:       time.Duration(h.Redis.Lease),
-			Heartbeat:   time.Duration(h.Redis.Heartbeat),
-			Timeout:     time.Duration(h.Redis.Timeout),
-			OnDown:      onDown,
+			Lease:       tunables.Lease,
+			Heartbeat:   tunables.Heartbeat,
+			Timeout:     tunables.Timeout,
+			OnDown:      tunables.OnDown,
 			Sketches:    sketches,
 			Logger:      ctx.Logger().Named("redis"),
 		})
@@ -148,10 +188,17 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 		// The store takes a client reference of its own, given back when the
 		// store's last router is gone.
 		redisClients.LoadOrStore(clientKey, client)
-		return &pooledStore{pool: h.Pool, store: store, sketches: sketches, learner: loadstate.NewLearner(0, 0, nil), close: func() error {
-			err := store.Close()
-			_, _ = redisClients.Delete(clientKey)
-			return err
+		return &pooledStore{pool: h.Pool, store: store, redis: store, sketches: sketches, learner: loadstate.NewLearner(0, 0, nil), close: func() error {
+			// Caddy cleans an old config up while its last requests may
+			// still run (a reload that changed the connection, say a
+			// rotated password, or the pool): their leases must stay in
+			// Redis until they end, so the store closes once it holds none.
+			go func() {
+				drainRedisStore(store)
+				_ = store.Close()
+				_, _ = redisClients.Delete(clientKey)
+			}()
+			return nil
 		}}, nil
 	})
 	// This router's own client reference is only needed to build the store.
@@ -161,9 +208,30 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 		return fmt.Errorf("setting up the redis load store for pool %s: %w", h.Pool, err)
 	}
 	ps := v.(*pooledStore)
+	if !created {
+		if err := ps.redis.Tune(tunables); err != nil {
+			h.releaseStore()
+			h.storeKey = ""
+			return fmt.Errorf("redis load store for pool %s: %w", h.Pool, err)
+		}
+	}
 	h.store, h.sketches, h.learner = ps.store, ps.sketches, ps.learner
 	ps.addBackends(h.backendNames())
 	return nil
+}
+
+// storeDrainLimit bounds how long a store no router uses any more waits for
+// the leases of its last requests before closing (which releases them).
+const storeDrainLimit = time.Hour
+
+// drainRedisStore waits until the store holds no lease, or storeDrainLimit.
+func drainRedisStore(store *loadstate.RedisStore) {
+	deadline := time.Now().Add(storeDrainLimit)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for store.Held() > 0 && time.Now().Before(deadline) {
+		<-tick.C
+	}
 }
 
 func replicaAddr() string {

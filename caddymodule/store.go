@@ -18,6 +18,7 @@ var stores = caddy.NewUsagePool()
 type pooledStore struct {
 	pool     string
 	store    loadstate.Store
+	redis    *loadstate.RedisStore // the same store when it is the Redis one, for Tune
 	sketches *loadstate.Sketches
 	learner  *loadstate.Learner
 	close    func() error

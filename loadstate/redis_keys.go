@@ -46,6 +46,10 @@ func (k keyspace) replicas() string { return k.base + "replicas" }
 // replicaInfo is the hash of replica id → its address and version.
 func (k keyspace) replicaInfo() string { return k.base + "replica-info" }
 
+// replicaSync is the hash of replica id → its sync mark: the epoch under which
+// all its live leases are in Redis, or "" when some may not be.
+func (k keyspace) replicaSync() string { return k.base + "replica-sync" }
+
 // backends is the set of backend names any replica of the pool has used, so
 // that Snapshot can report backends this replica never touched.
 func (k keyspace) backends() string { return k.base + "backends" }

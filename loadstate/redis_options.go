@@ -111,15 +111,57 @@ func (o *RedisOptions) setDefaults() error {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	switch {
-	case o.Lease < 10*time.Millisecond:
-		return fmt.Errorf("lease %v is too short", o.Lease)
-	case o.Heartbeat <= 0 || o.Heartbeat >= o.Lease:
-		return fmt.Errorf("heartbeat %v must be positive and shorter than the lease %v", o.Heartbeat, o.Lease)
-	case o.Timeout <= 0:
-		return fmt.Errorf("timeout %v must be positive", o.Timeout)
+	return o.tunables().validate()
+}
+
+func (o *RedisOptions) tunables() RedisTunables {
+	return RedisTunables{Lease: o.Lease, Heartbeat: o.Heartbeat, Timeout: o.Timeout, OnDown: o.OnDown}
+}
+
+// RedisTunables are the settings of a RedisStore that can change while it runs
+// (RedisStore.Tune), as on a config reload: none of them identifies the shared
+// state, so changing one keeps every lease in flight. Zero values take the
+// defaults of RedisOptions.
+type RedisTunables struct {
+	// Lease applies to slots taken from now on; a held slot keeps the length
+	// it was taken with, or the new one when longer, on renewal (so that the
+	// renewal cadence its request chose still keeps it alive).
+	Lease time.Duration
+	// Heartbeat takes effect at the next heartbeat.
+	Heartbeat time.Duration
+	// Timeout bounds the next Redis calls. Every call carries its deadline in
+	// its context (clients from ClientOptions honour it), so no new client
+	// is needed.
+	Timeout time.Duration
+	// OnDown applies to the next decision taken without Redis.
+	OnDown OnDown
+}
+
+func (t *RedisTunables) setDefaults() {
+	if t.Lease == 0 {
+		t.Lease = DefaultLease
 	}
-	if _, err := ParseOnDown(string(o.OnDown)); err != nil {
+	if t.Heartbeat == 0 {
+		t.Heartbeat = DefaultHeartbeat
+	}
+	if t.Timeout == 0 {
+		t.Timeout = DefaultTimeout
+	}
+	if t.OnDown == "" {
+		t.OnDown = FailLocal
+	}
+}
+
+func (t RedisTunables) validate() error {
+	switch {
+	case t.Lease < 10*time.Millisecond:
+		return fmt.Errorf("lease %v is too short", t.Lease)
+	case t.Heartbeat <= 0 || t.Heartbeat >= t.Lease:
+		return fmt.Errorf("heartbeat %v must be positive and shorter than the lease %v", t.Heartbeat, t.Lease)
+	case t.Timeout <= 0:
+		return fmt.Errorf("timeout %v must be positive", t.Timeout)
+	}
+	if _, err := ParseOnDown(string(t.OnDown)); err != nil {
 		return err
 	}
 	return nil
@@ -145,7 +187,10 @@ type RedisConfig struct {
 }
 
 // ClientOptions returns go-redis options for the request path: one call costs at
-// most cfg.Timeout, end to end. go-redis's defaults would defeat that: 3 retries
+// most cfg.Timeout, end to end, or less when its context has an earlier
+// deadline (ContextTimeoutEnabled): a RedisStore gives every call a deadline
+// of its own (tunable) timeout, so a client built with a longer Timeout, as a
+// ceiling, serves stores whose timeout changes without being rebuilt. go-redis's defaults would defeat that: 3 retries
 // with backoff, 5 retried dials of 5s each, 3s reads and a pool wait of the read
 // timeout plus 1s. A failed call must fail fast so that the store switches to
 // local mode; it is the store, not the client, that decides when to try again.

@@ -1,6 +1,10 @@
 package loadstate
 
-import "github.com/redis/go-redis/v9"
+import (
+	"context"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The Lua scripts of the Redis store. Each runs atomically on the server, takes
 // every key it touches in KEYS (all in the pool's hash slot) and reads time
@@ -8,9 +12,11 @@ import "github.com/redis/go-redis/v9"
 // same moment for every replica. Scores are expiry times in Unix milliseconds.
 //
 // Epoch: each script that decides on counts first checks the pool's epoch key.
-// A Redis that restarted empty has none: the first script to notice sets the
-// caller's fresh candidate, and every replica whose trusted epoch differs learns
-// that the counts in Redis lack leases that are still in flight.
+// A Redis that restarted empty has none: the first script to notice creates a
+// new one, the caller's random prefix followed by Redis's TIME, so that it
+// differs from every earlier epoch even when the same replica creates it
+// again, and every replica whose trusted epoch differs (its creator included)
+// learns that the counts in Redis lack leases that are still in flight.
 
 // acquireScript takes a slot on the first candidate with room.
 //
@@ -19,15 +25,16 @@ import "github.com/redis/go-redis/v9"
 //	ARGV[1]    lease member
 //	ARGV[2]    lease length, ms
 //	ARGV[3]    epoch the caller trusts ("" when it has none yet)
-//	ARGV[4]    epoch to create when Redis has none
+//	ARGV[4]    prefix of the epoch to create when Redis has none
 //	ARGV[5]    pub/sub channel
 //	ARGV[5+i]  capacity of the i-th candidate
 //	ARGV[5+n+i] name of the i-th candidate (for announcements)
 //
 // It drops expired leases from every candidate (announcing the freed slots:
 // rare, as it takes a dead replica or a leak), returns the candidate already
-// holding this member if any (idempotent), else adds the member to the first
-// candidate whose live lease count is below its capacity. Reply:
+// holding this member if any, with its lease extended to a full one (a retry
+// of an attempt whose reply was lost: idempotent), else adds the member to the
+// first candidate whose live lease count is below its capacity. Reply:
 // {chosen index (0-based; -1 = none has room), epoch, count of each candidate}
 // or {-2, epoch} when the epoch differs from the trusted one (nothing taken).
 var acquireScript = redis.NewScript(`
@@ -35,7 +42,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  epoch = ARGV[4]
+  epoch = ARGV[4] .. '.' .. t[1] .. '.' .. t[2]
   redis.call('SET', KEYS[1], epoch, 'PX', 86400000)
 end
 if ARGV[3] ~= '' and epoch ~= ARGV[3] then
@@ -52,6 +59,8 @@ for i = 1, n do
   end
   if chosen < 0 and redis.call('ZSCORE', key, member) then
     chosen = i - 1
+    redis.call('ZADD', key, 'XX', now + lease, member)
+    redis.call('PEXPIRE', key, 2 * lease)
   end
   counts[i] = redis.call('ZCARD', key)
 end
@@ -128,78 +137,113 @@ return 1
 // capacity says. It runs only on the background goroutine, in order with
 // releases, so it cannot resurrect a released lease.
 //
-//	KEYS[i]    lease set of the i-th lease
-//	ARGV[1]    lease length, ms
-//	ARGV[1+i]  member of the i-th lease
+//	KEYS[i]     lease set of the i-th lease
+//	ARGV[2i-1]  member of the i-th lease
+//	ARGV[2i]    its lease length, ms
 //
 // Reply: how many leases Redis no longer had.
 var readdScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[1])
 local added = 0
 for i = 1, #KEYS do
-  added = added + redis.call('ZADD', KEYS[i], now + lease, ARGV[1 + i])
+  local lease = tonumber(ARGV[2 * i])
+  added = added + redis.call('ZADD', KEYS[i], now + lease, ARGV[2 * i - 1])
   redis.call('PEXPIRE', KEYS[i], 2 * lease)
 end
 return added
 `)
 
-// heartbeatScript registers this replica as alive, drops replicas that missed
-// their heartbeats for a whole lease, reclaims expired leases of the known
-// backends (announcing the freed slots, since no release will) and reports the
-// pool's state.
+// heartbeatScript registers this replica as alive, with whether all its live
+// leases are in Redis, drops replicas that missed their heartbeats for a whole
+// lease, reclaims expired leases of the known backends (announcing the freed
+// slots, since no release will) and reports the pool's state.
 //
 //	KEYS[1]    epoch key
 //	KEYS[2]    live replicas (sorted set)
 //	KEYS[3]    replica info (hash)
 //	KEYS[4]    known backends (set)
-//	KEYS[4+i]  lease set of the i-th known backend
+//	KEYS[5]    replica sync marks (hash)
+//	KEYS[5+i]  lease set of the i-th known backend
 //	ARGV[1]    replica id
 //	ARGV[2]    replica info (encoded)
 //	ARGV[3]    lease length, ms
-//	ARGV[4]    epoch the caller trusts ("" when none)
-//	ARGV[5]    epoch to create when Redis has none
+//	ARGV[4]    sync mark: the epoch under which every live lease of this
+//	           replica is in Redis, "" when some may not be, "*" when it
+//	           holds none (stored as the current epoch)
+//	ARGV[5]    prefix of the epoch to create when Redis has none
 //	ARGV[6]    pub/sub channel
 //	ARGV[6+i]  name of the i-th known backend
 //
-// Reply: {epoch, Redis time in ms, live replica ids, count of each backend,
-// ids of replicas found dead}.
+// Reply: {epoch, Redis time in ms, live replicas as {id, last beat ms, sync
+// mark} triples flattened, count of each backend, ids of replicas found dead}.
 var heartbeatScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[3])
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
-  epoch = ARGV[5]
+  epoch = ARGV[5] .. '.' .. t[1] .. '.' .. t[2]
   redis.call('SET', KEYS[1], epoch, 'PX', 86400000)
 else
   redis.call('PEXPIRE', KEYS[1], 86400000)
 end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local mark = ARGV[4]
+if mark == '*' then
+  mark = epoch
+end
+redis.call('HSET', KEYS[5], ARGV[1], mark)
 local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. (now - lease))
 if #dead > 0 then
   redis.call('ZREM', KEYS[2], unpack(dead))
   redis.call('HDEL', KEYS[3], unpack(dead))
+  redis.call('HDEL', KEYS[5], unpack(dead))
 end
 redis.call('PEXPIRE', KEYS[2], 10 * lease)
 redis.call('PEXPIRE', KEYS[3], 10 * lease)
-local live = redis.call('ZRANGE', KEYS[2], 0, -1)
+redis.call('PEXPIRE', KEYS[5], 10 * lease)
+local beats = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local live = {}
+for i = 1, #beats, 2 do
+  live[#live + 1] = beats[i]
+  live[#live + 1] = tonumber(beats[i + 1])
+  live[#live + 1] = redis.call('HGET', KEYS[5], beats[i]) or ''
+end
 local counts = {}
-for i = 5, #KEYS do
-  local backend = ARGV[2 + i]
+for i = 6, #KEYS do
+  local backend = ARGV[1 + i]
   if redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) > 0 then
     -- no origin: every replica, this one included, wakes its waiters
     redis.call('PUBLISH', ARGV[6], backend .. '\0')
   end
-  counts[i - 4] = redis.call('ZCARD', KEYS[i])
+  counts[i - 5] = redis.call('ZCARD', KEYS[i])
   redis.call('SADD', KEYS[4], backend)
 end
-if #KEYS > 4 then
+if #KEYS > 5 then
   redis.call('PEXPIRE', KEYS[4], 86400000)
 end
 return {epoch, now, live, counts, dead}
+`)
+
+// replaceEpochScript gives the pool a new epoch when it still has the one the
+// caller trusts: the caller found leases missing that it knows it holds, and
+// every replica must treat that as a data loss.
+//
+//	KEYS[1]  epoch key
+//	ARGV[1]  the epoch the caller trusts
+//	ARGV[2]  prefix of the new epoch
+//
+// Reply: the epoch now in force (the new one, or whatever another replica set).
+var replaceEpochScript = redis.NewScript(`
+local t = redis.call('TIME')
+local epoch = redis.call('GET', KEYS[1])
+if not epoch or epoch == ARGV[1] then
+  epoch = ARGV[2] .. '.' .. t[1] .. '.' .. t[2]
+  redis.call('SET', KEYS[1], epoch, 'PX', 86400000)
+end
+return epoch
 `)
 
 // countScript returns the live lease count of each given lease set (expired
@@ -213,3 +257,16 @@ for i = 1, #KEYS do
 end
 return counts
 `)
+
+// loadScripts loads the scripts into Redis (every master of a cluster), so
+// that the request path does not pay a NOSCRIPT round trip after Redis
+// restarted. Failures are ignored: Run falls back to EVAL.
+func (s *RedisStore) loadScripts() {
+	ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
+	defer cancel()
+	for _, sc := range []*redis.Script{acquireScript, releaseScript, renewScript, readdScript, heartbeatScript} {
+		if sc.Load(ctx, s.client).Err() != nil {
+			return
+		}
+	}
+}

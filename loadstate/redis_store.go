@@ -6,19 +6,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Modes reported by RedisStore.Mode, for metrics and alerts.
@@ -51,58 +47,104 @@ var errStoreClosed = fmt.Errorf("redis load store closed: %w", ErrUnavailable)
 // should hold one store per pool: each store registers as one replica, and
 // local shares divide capacity by the number of replicas.
 //
-// When Redis is slow or down, the first failed call trips a breaker and is
-// logged once; from then on requests are decided from local state at once,
-// without waiting on Redis, according to OnDown, and Mode reports it. A
-// background probe resynchronises when Redis answers: queued releases are sent,
-// this replica's live leases re-added (Redis may have expired or lost them),
-// and counts stay share-limited for two heartbeats while the other replicas do
-// the same. When Redis comes back without its data (its epoch key changed),
-// counts stay share-limited for a whole lease instead.
+// Breaker. Redis calls on the request path are bounded by Timeout, but one
+// slow reply is not an outage: the breaker opens (and requests are decided from
+// local state at once, without waiting on Redis, according to OnDown; Mode
+// reports it, and it is logged once) only on evidence that Redis is gone:
+//   - a broken connection: refused, reset, EOF, broken pipe, unreachable
+//     network or host, a name that does not resolve, or Redis answering that
+//     it cannot serve (LOADING, MASTERDOWN, CLUSTERDOWN, READONLY); or
+//   - breakerRounds (3) failed rounds in a row, any call of the store counted,
+//     with no success in between. A failure counts as a new round only when
+//     its call began after the previous counted failure was seen, so a
+//     single stall that times out many concurrent calls is one round, and it
+//     takes about three timeouts of silence to open the breaker.
 //
-// Local mode keeps the fleet within capacity, except for two bounds it cannot
-// close without the shared state it lost (both measured by tests):
+// A call that failed because its caller's context ended is not counted.
+//
+// In doubt. An acquire whose call timed out may have run on Redis. It is
+// retried with the same lease member, so that a retry that finds the first
+// attempt's lease returns it instead of taking a second slot, for as long as
+// the caller's context allows (the handler gives it the request's wait budget
+// as a deadline; without a deadline, at most breakerRounds attempts). Only
+// when that budget runs out (an error wrapping the context's) or the breaker
+// opens (a local decision) does it give up, and then the member is removed
+// from every candidate in the background, wherever it may have been added.
+//
+// Recovery. A background probe resynchronises when Redis answers: queued
+// releases are sent, this replica's live leases re-added (Redis may have
+// expired or lost them), and only then does it register again. Counts stay
+// share-limited (each replica admits at most its share, and the Redis count
+// must have room too) until every replica in this replica's fleet view has
+// reported, in a heartbeat after the recovery, that all its leases are in
+// Redis under the current epoch; a replica that never does leaves the view a
+// lease after contact came back. A replica keeps, in its fleet view, every
+// replica it saw alive within a lease of *contact*: time spent unable to read
+// the registry is not evidence that the others died, so shares do not grow
+// after a long outage.
+//
+// Data loss. The epoch key holds a value created anew (random per store plus
+// Redis TIME) whenever it is missing, so a Redis that restarted empty or whose
+// pool keys were deleted is noticed by every replica, the one that recreated
+// it included. A replica whose heartbeat finds fewer leases on a backend than
+// it knows it holds there (lease keys evicted or deleted while the epoch key
+// survived) replaces the epoch, so that every replica treats it as a data
+// loss: leases re-added, counts share-limited as after a recovery.
+//
+// Local mode keeps the fleet within capacity, except for bounds it cannot
+// close without the shared state it lost (measured by tests):
 //   - requests that outlive a lease during the outage on a replica that held
 //     more than its share: others stop counting them once their leases would
 //     have expired (overshoot ≤ Σ max(0, held − share));
-//   - slots other replicas took through Redis after this replica's last reply
-//     from it (at most a heartbeat earlier) are unknown to it (overshoot ≤ its
-//     share).
+//   - on the way into local mode, slots other replicas took through Redis
+//     after this replica's last reply from it are unknown to it, so it may
+//     admit up to its share on top of them. The replica that heard from Redis
+//     last missed nothing, so the overshoot is at most the sum of the other
+//     replicas' shares: capacity − the last one's share, and in practice the
+//     few slots taken in the last round trip before the outage.
 //
 // A replica cut off from a Redis that the others still reach admits its share
 // on top of them, and a replica that starts while Redis is down knows no other
 // replica and takes the whole capacity as its share.
 type RedisStore struct {
 	client   redis.UniversalClient
-	opts     RedisOptions
+	opts     RedisOptions // Lease, Heartbeat, Timeout and OnDown: see tun
+	tuning   atomic.Pointer[tunables]
 	keys     keyspace
 	epochKey string
 	channel  string
-	leaseMs  any // the lease in ms, boxed once for script arguments
-	chanArg  any // channel, boxed once
+	chanArg  any // channel, boxed once for script arguments
 	freshArg any // freshEpoch, boxed once
 	info     string
 
 	// Read lock-free on the request path.
 	backends  atomic.Pointer[map[string]*backendState]
 	fleet     atomic.Pointer[fleetView]
-	down      atomic.Bool            // breaker open: Redis is not used on the request path
-	trustAt   atomic.Int64           // local Unix ns before which Redis counts are not trusted
-	epoch     atomic.Pointer[string] // the epoch whose counts this replica trusts
-	attempts  atomic.Uint64          // numbers each acquire attempt's lease member
-	needSync  atomic.Bool            // some live lease is not known to be in Redis
-	closed    atomic.Bool
-	noticeAt  atomic.Int64 // when the last outage warning was logged
-	announced atomic.Bool  // the current outage was warned about
+	down      atomic.Bool  // breaker open: Redis is not used on the request path
+	untrusted atomic.Bool  // Redis counts not trusted yet: admissions stay share-limited
+	syncFrom  atomic.Int64 // Redis ms: trust needs every replica's clean beat at or after it
+	// resyncFrom asks the next heartbeat to set syncFrom to its Redis time.
+	resyncFrom atomic.Bool
+	epoch      atomic.Pointer[string] // the epoch whose counts this replica trusts
+	attempts   atomic.Uint64          // numbers each acquire's lease member
+	needSync   atomic.Bool            // some live lease is not known to be in Redis
+	closed     atomic.Bool
+	noticeAt   atomic.Int64 // when the last outage warning was logged
+	announced  atomic.Bool  // the current outage was warned about
+	brk        breaker
 
-	freshEpoch string // what this replica sets when Redis has no epoch
+	freshEpoch string // prefix of the epoch this replica creates when Redis has none
 	bmu        sync.Mutex
 
-	mu    sync.Mutex // guards held, queue, dead and backendState.reserved; never held across I/O
+	mu    sync.Mutex // guards held, queue, dead, seen, contactSince and backendState.reserved; never held across I/O
 	held  map[string]*heldLease
 	queue []pendingRelease
 	dead  []string             // replicas found dead whose sketch fields are still to be dropped
 	seen  map[string]time.Time // replica id → when a heartbeat last reported it alive
+	// contactSince is when this replica last regained contact with Redis (or
+	// Redis lost its data): a replica missing from the registry is forgotten
+	// only a lease after both this and its last sighting.
+	contactSince time.Time
 
 	watchers watchers
 	stats    redisCounters
@@ -113,6 +155,29 @@ type RedisStore struct {
 	pubsub     *redis.PubSub
 	listenDone chan struct{}
 	closeOnce  sync.Once
+}
+
+// tunables are the settings Tune may change, read once per operation.
+type tunables struct {
+	RedisTunables
+	leaseMs any // Lease in ms, boxed once for script arguments
+}
+
+func (s *RedisStore) tun() *tunables { return s.tuning.Load() }
+
+// Tune changes the lease, heartbeat, timeout and on-down mode of a running
+// store, keeping every lease it holds. Safe for concurrent use; zero fields
+// take their defaults. It returns an error, and changes nothing, when the
+// values are invalid (a heartbeat not shorter than the lease, a non-positive
+// timeout, an unknown mode).
+func (s *RedisStore) Tune(t RedisTunables) error {
+	t.setDefaults()
+	if err := t.validate(); err != nil {
+		return fmt.Errorf("tuning the redis load store: %w", err)
+	}
+	s.tuning.Store(&tunables{RedisTunables: t, leaseMs: t.Lease.Milliseconds()})
+	s.signal() // the background loop picks up a new heartbeat at once
+	return nil
 }
 
 // backendState is what one replica knows about one backend.
@@ -140,9 +205,15 @@ func (b *backendState) othersHeld(now time.Time, lease time.Duration) int64 {
 // heldLease is a slot this replica holds.
 type heldLease struct {
 	backend *backendState
-	member  string    // the lease's member in the sorted set: lease id and attempt number
-	expires time.Time // local clock; dropped after this unless renewed
-	inRedis bool      // may be in Redis: releasing it must remove it there
+	member  string        // the lease's member in the sorted set: lease id and attempt number
+	lease   time.Duration // its length: the store's lease when taken, or a longer one since
+	expires time.Time     // local clock; dropped after this unless renewed
+	inRedis bool          // may be in Redis: releasing it must remove it there
+	// confirmed is the local time at which the last call that put the lease
+	// in Redis with a full length (acquire, renew, re-add) was sent, once it
+	// answered; zero when unknown. Redis holds the lease at least until
+	// confirmed + lease, which is what the heartbeat's loss check relies on.
+	confirmed time.Time
 }
 
 // pendingRelease is a lease member to remove from Redis.
@@ -153,37 +224,11 @@ type pendingRelease struct {
 	notified bool      // watchers were already told
 }
 
-// fleetView is the live replicas at the last heartbeat.
-type fleetView struct {
-	live []string // sorted ids, this replica included
-	rank int      // this replica's index in live
-}
-
-// share is this replica's part of a backend's capacity in local mode:
-// ⌊capacity ÷ live⌋, plus one for as many replicas as the remainder. Which
-// replicas get the extra slot rotates with the backend (by a hash of its name
-// that every replica computes alike), so that with many small backends the
-// extras do not all land on the lowest rank. Over all ranks the shares add up to
-// exactly capacity.
-func (f *fleetView) share(backend string, capacity int) int {
-	n := len(f.live)
-	if n <= 1 || capacity <= 0 {
-		return max(capacity, 0)
-	}
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(backend))
-	base, rem := capacity/n, capacity%n
-	if (f.rank+int(h.Sum32()%uint32(n)))%n < rem {
-		return base + 1
-	}
-	return base
-}
-
 // redisCounters are the store's counters; see RedisStats.
 type redisCounters struct {
 	hotPathCalls, localDecisions, releases, releasedLeases, renewals, resyncs,
 	resyncedLeases, heartbeats, sketchSyncs, snapshots, publishes, wakeups,
-	errors, trips, dataLosses, expiredLeases atomic.Uint64
+	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries atomic.Uint64
 }
 
 // RedisStats counts what a RedisStore did. Request-path calls, background
@@ -193,7 +238,8 @@ type RedisStats struct {
 	Mode string // ModeRedis, ModeLocal, ModeClosed or ModeOpen
 
 	// Request path.
-	HotPathCalls   uint64 // acquire scripts sent: one round trip each
+	HotPathCalls   uint64 // acquire scripts sent: one round trip each, retries included
+	InDoubtRetries uint64 // acquires retried with the same member after a failed call
 	LocalDecisions uint64 // acquires decided from local state, without a round trip
 	Renewals       uint64 // renew scripts sent by Renew (long streams)
 	Snapshots      uint64 // Snapshot calls that reached Redis
@@ -212,17 +258,20 @@ type RedisStats struct {
 
 	Errors        uint64 // failed Redis calls
 	Trips         uint64 // switches from Redis to local state
-	DataLosses    uint64 // times Redis was found to have lost its data
+	DataLosses    uint64 // times Redis was found to have lost its data (a new epoch)
+	LostLeases    uint64 // heartbeats that found fewer leases than this replica knows it holds
 	ExpiredLeases uint64 // leases dropped because neither released nor renewed in time
 }
 
 // NewRedisStore returns a store that shares load through client. Use a client
-// built by ClientOptions (or NewRedisClient), so that one call really costs at
-// most opts.Timeout. The store does not close the client.
+// built by ClientOptions (or NewRedisClient): the store bounds each call by
+// opts.Timeout through its context, and such a client adds no retries or
+// waits of its own. The store does not close the client.
 //
 // It contacts Redis once, bounded by opts.Timeout, to register and learn the
 // fleet; when Redis is unreachable it starts in local mode rather than failing,
-// so that a gateway can start during a Redis outage.
+// so that a gateway can start during a Redis outage. Until the heartbeats show
+// every live replica's leases in Redis, it admits by local share.
 func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore, error) {
 	if client == nil {
 		return nil, errors.New("redis load store: nil client")
@@ -238,33 +287,36 @@ func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore
 		return nil, err
 	}
 	s := &RedisStore{
-		client:     client,
-		opts:       opts,
-		keys:       newKeyspace(opts.KeyPrefix, opts.Pool),
-		leaseMs:    opts.Lease.Milliseconds(),
-		info:       info,
-		freshEpoch: randomHex(16),
-		held:       make(map[string]*heldLease),
-		wake:       make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		done:       make(chan struct{}),
-		listenDone: make(chan struct{}),
+		client:       client,
+		opts:         opts,
+		keys:         newKeyspace(opts.KeyPrefix, opts.Pool),
+		info:         info,
+		freshEpoch:   randomHex(8),
+		held:         make(map[string]*heldLease),
+		contactSince: opts.Now(),
+		wake:         make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		done:         make(chan struct{}),
+		listenDone:   make(chan struct{}),
 	}
+	t := opts.tunables()
+	s.tuning.Store(&tunables{RedisTunables: t, leaseMs: t.Lease.Milliseconds()})
 	s.epochKey = s.keys.epoch()
 	s.channel = s.keys.released()
 	s.chanArg, s.freshArg = s.channel, s.freshEpoch
 	empty := ""
 	s.epoch.Store(&empty)
+	s.untrusted.Store(true)
 	s.backends.Store(&map[string]*backendState{})
 	s.fleet.Store(&fleetView{live: []string{opts.ReplicaID}})
 
-	ctx, cancel := context.WithTimeout(context.Background(), opts.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), t.Timeout)
 	s.pubsub = client.Subscribe(ctx, s.channel) // go-redis resubscribes by itself after reconnecting
 	cancel()
-	if s.beat() {
-		s.loadScripts()
+	if err := s.beat(); err != nil {
+		s.trip("start", err) // start in local mode; the background loop probes
 	} else {
-		s.down.Store(true) // beat already logged the warning
+		s.loadScripts()
 	}
 	go s.listen()
 	go s.run()
@@ -335,433 +387,22 @@ func (s *RedisStore) signal() {
 	}
 }
 
-func (s *RedisStore) trusted(now time.Time) bool { return now.UnixNano() >= s.trustAt.Load() }
-
-// distrustUntil keeps Redis's counts untrusted at least until t.
-func (s *RedisStore) distrustUntil(t time.Time) {
-	for {
-		cur := s.trustAt.Load()
-		if t.UnixNano() <= cur || s.trustAt.CompareAndSwap(cur, t.UnixNano()) {
-			return
-		}
-	}
-}
-
-// Acquire implements Store. While Redis is usable it is one round trip bounded
-// by the configured timeout; otherwise it decides from local state at once (see
-// OnDown) and never returns a Redis error: a gateway keeps serving through an
-// outage. It returns an error only for a cancelled ctx or a closed store.
-func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) (int, error) {
-	if err := ctx.Err(); err != nil {
-		return -1, err
-	}
-	if s.closed.Load() {
-		return -1, errStoreClosed
-	}
-	if len(candidates) == 0 {
-		return -1, nil
-	}
-	states := make([]*backendState, len(candidates))
-	for i, c := range candidates {
-		states[i] = s.state(c.Backend)
-	}
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	s.mu.Unlock()
-	if h != nil {
-		return indexOf(states, h.backend), nil
-	}
-	if s.down.Load() {
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-	return s.acquireRedis(ctx, id, states, candidates, now)
-}
-
-func indexOf(states []*backendState, st *backendState) int {
-	for i, x := range states {
-		if x == st {
-			return i
-		}
-	}
-	// Held on a backend that is no longer a candidate: keep it there rather
-	// than take a second slot under the same id.
-	return -1
-}
-
-func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time) (int, error) {
-	n := len(candidates)
-	// Until Redis's counts can be trusted again, a candidate is offered to the
-	// script only if this replica is also within its local share, and the slot
-	// is reserved locally until the reply so that concurrent acquires cannot
-	// overshoot the share together.
-	shareLimited := s.opts.OnDown != FailOpen && !s.trusted(now)
-	var reserved []bool
-	if shareLimited {
-		reserved = make([]bool, n)
-		s.mu.Lock()
-		for i, st := range states {
-			if s.localAllowsLocked(st, candidates[i].Capacity, now) {
-				st.reserved++
-				reserved[i] = true
-			}
-		}
-		s.mu.Unlock()
-	}
-	member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-	trustedEpoch := *s.epoch.Load()
-	keys := make([]string, 1+n)
-	args := make([]any, 5+2*n)
-	keys[0] = s.epochKey
-	args[0], args[1], args[2], args[3], args[4] = member, s.leaseMs, trustedEpoch, s.freshArg, s.chanArg
-	for i, c := range candidates {
-		keys[1+i] = states[i].key
-		capacity := c.Capacity
-		if shareLimited && !reserved[i] {
-			capacity = 0
-		}
-		args[5+i] = capacity
-		args[5+n+i] = states[i].nameArg
-	}
-
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	raw, err := acquireScript.Run(cctx, s.client, keys, args...).Slice()
-	cancel()
-	s.stats.hotPathCalls.Add(1)
-	var reply acquireReply
-	if err == nil {
-		reply, err = parseAcquireReply(raw, n)
-	}
-	if err == nil && reply.chosen != -2 && trustedEpoch == "" {
-		s.learnEpoch(reply.epoch, now) // first contact happened on the request path
-	}
-
-	s.mu.Lock()
-	for i, r := range reserved {
-		if r {
-			states[i].reserved--
-		}
-	}
-	if err != nil {
-		// The script may have run before the timeout hit: remove the member
-		// wherever it could have been added. It is unique to this attempt, so
-		// the cleanup can never remove a later acquisition.
-		for _, st := range states {
-			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(s.opts.Lease), notified: true})
-		}
-		s.mu.Unlock()
-		s.stats.errors.Add(1)
-		s.signal()
-		if ctx.Err() != nil {
-			return -1, fmt.Errorf("acquiring a slot: %w", ctx.Err())
-		}
-		s.trip("acquire", err)
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-	if reply.chosen == -2 {
-		s.mu.Unlock()
-		s.epochChanged(reply.epoch, now)
-		return s.acquireLocal(id, states, candidates, now), nil
-	}
-
-	now = s.opts.Now() // the counts are as of the script's run, after the round trip
-	chosen := int(reply.chosen)
-	if prev := s.held[id]; prev != nil {
-		// A concurrent Acquire with the same id got there first: give back
-		// whatever this one took and report that slot.
-		if chosen >= 0 {
-			s.queue = append(s.queue, pendingRelease{backend: states[chosen], member: member, until: now.Add(s.opts.Lease)})
-		}
-		s.mu.Unlock()
-		s.signal()
-		return indexOf(states, prev.backend), nil
-	}
-	if chosen >= 0 {
-		st := states[chosen]
-		s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease), inRedis: true}
-		st.own.Add(1)
-	}
-	trusted := s.trusted(now)
-	for i, st := range states {
-		st.fleet.Store(reply.counts[i])
-		if trusted {
-			st.othersAt.Store(max(reply.counts[i]-st.own.Load(), 0))
-			st.contactAt.Store(now.UnixNano())
-		}
-	}
-	s.mu.Unlock()
-	return chosen, nil
-}
-
-type acquireReply struct {
-	chosen int64
-	epoch  string
-	counts []int64
-}
-
-func parseAcquireReply(raw []any, n int) (acquireReply, error) {
-	var r acquireReply
-	if len(raw) < 2 {
-		return r, fmt.Errorf("acquire script: short reply of %d values", len(raw))
-	}
-	chosen, ok1 := raw[0].(int64)
-	epoch, ok2 := raw[1].(string)
-	if !ok1 || !ok2 {
-		return r, fmt.Errorf("acquire script: unexpected reply types %T, %T", raw[0], raw[1])
-	}
-	r.chosen, r.epoch = chosen, epoch
-	if chosen == -2 {
-		return r, nil
-	}
-	if len(raw) != 2+n || chosen < -1 || chosen >= int64(n) {
-		return r, fmt.Errorf("acquire script: reply of %d values for %d candidates, chosen %d", len(raw), n, chosen)
-	}
-	r.counts = make([]int64, n)
-	for i := range n {
-		c, ok := raw[2+i].(int64)
-		if !ok {
-			return r, fmt.Errorf("acquire script: count of type %T", raw[2+i])
-		}
-		r.counts[i] = c
-	}
-	return r, nil
-}
-
-// localAllowsLocked reports whether this replica may admit one more request on
-// a backend from local state alone. fail_open: up to the full capacity.
-// Otherwise: within this replica's share, and, until their leases would have
-// expired, counting what the other replicas held at the last trusted contact
-// (they may still hold it; a replica that was at its cap when Redis went away
-// keeps its requests until they end). The caller holds s.mu.
-func (s *RedisStore) localAllowsLocked(st *backendState, capacity int, now time.Time) bool {
-	own := st.own.Load() + int64(st.reserved)
-	if s.opts.OnDown == FailOpen {
-		return own < int64(capacity)
-	}
-	if own >= int64(s.fleet.Load().share(st.name, capacity)) {
-		return false
-	}
-	return own+st.othersHeld(now, s.opts.Lease) < int64(capacity)
-}
-
-// acquireLocal decides from local state, without I/O: while Redis is down, and
-// for the one request whose round trip just failed.
-func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates []Slot, now time.Time) int {
-	s.stats.localDecisions.Add(1)
-	if s.opts.OnDown == FailClosed {
-		return -1
-	}
-	s.mu.Lock()
-	if h := s.held[id]; h != nil {
-		s.mu.Unlock()
-		return indexOf(states, h.backend)
-	}
-	for i, st := range states {
-		if s.localAllowsLocked(st, candidates[i].Capacity, now) {
-			member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-			s.held[id] = &heldLease{backend: st, member: member, expires: now.Add(s.opts.Lease)}
-			st.own.Add(1)
-			st.fleet.Add(1)
-			s.mu.Unlock()
-			// Not in Redis yet: the background loop adds it as soon as Redis
-			// is usable, so that the fleet counts it.
-			s.needSync.Store(true)
-			s.signal()
-			return i
-		}
-	}
-	s.mu.Unlock()
-	return -1
-}
-
-// Release implements Store. The lease is given back locally at once and
-// removed from Redis by the background releaser, in batches, retried until
-// the lease would have expired anyway. Replicas waiting for the slot are told
-// once Redis has the release.
-func (s *RedisStore) Release(_ context.Context, id, backend string) error {
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	if h == nil || h.backend.name != backend {
-		s.mu.Unlock()
-		return nil
-	}
-	delete(s.held, id)
-	st := h.backend
-	st.own.Add(-1)
-	decrementFloor(&st.fleet)
-	down := s.down.Load()
-	if h.inRedis {
-		s.queue = append(s.queue, pendingRelease{backend: st, member: h.member, until: now.Add(s.opts.Lease), notified: down})
-	}
-	s.mu.Unlock()
-	if h.inRedis && !down {
-		s.signal()
-		return nil
-	}
-	// The slot is free in local state now; nobody else needs telling.
-	s.watchers.notify(backend)
-	return nil
-}
-
-func decrementFloor(v *atomic.Int64) {
-	for {
-		cur := v.Load()
-		if cur <= 0 || v.CompareAndSwap(cur, cur-1) {
-			return
-		}
-	}
-}
-
-// Renew implements Store: the lease is extended to a full lease from now,
-// locally and in Redis. A lease Redis no longer has (it expired during a stall,
-// or Redis lost it), or that was taken while Redis was unusable, is re-added by
-// the background resync rather than here, so a renewal that races with the
-// release of the same lease (a renewal timer firing as the request ends) can
-// never bring it back. While Redis is unusable the lease is extended locally
-// only. An error wraps ErrUnavailable and is informational: the lease stays
-// held.
-func (s *RedisStore) Renew(ctx context.Context, id, backend string) error {
-	now := s.opts.Now()
-	s.mu.Lock()
-	h := s.held[id]
-	if h == nil || h.backend.name != backend {
-		s.mu.Unlock()
-		return nil
-	}
-	h.expires = now.Add(s.opts.Lease)
-	if !h.inRedis || s.down.Load() || s.closed.Load() {
-		s.mu.Unlock()
-		return nil
-	}
-	key, member := h.backend.key, h.member
-	s.mu.Unlock()
-
-	cctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	extended, err := renewScript.Run(cctx, s.client, []string{key}, s.leaseMs, member).Int64()
-	cancel()
-	s.stats.renewals.Add(1)
-	if err != nil {
-		s.stats.errors.Add(1)
-		if ctx.Err() == nil {
-			s.trip("renew", err)
-		}
-		return fmt.Errorf("renewing lease on %s: %w: %w", backend, ErrUnavailable, err)
-	}
-	if extended == 0 {
-		s.mu.Lock()
-		if s.held[id] == h { // still in flight: the fleet must count it again
-			h.inRedis = false
-			s.needSync.Store(true)
-		}
-		s.mu.Unlock()
-		s.signal()
-	}
-	return nil
-}
-
-// Inflight implements Store, without I/O: the fleet-wide count at the last
-// reply from Redis (adjusted by this replica's own acquires and releases since),
-// or while Redis is down this replica's own count plus what the others held at
-// the last contact.
-func (s *RedisStore) Inflight(backend string) int {
-	st := (*s.backends.Load())[backend]
-	if st == nil {
-		return 0
-	}
-	now := s.opts.Now()
-	local := st.own.Load() + st.othersHeld(now, s.opts.Lease)
-	if s.down.Load() {
-		return int(local)
-	}
-	if !s.trusted(now) {
-		return int(max(local, st.fleet.Load()))
-	}
-	return int(st.fleet.Load())
-}
-
-// Snapshot implements Store: live lease counts from Redis, of every backend
-// any replica of the pool has used. While Redis is unusable it returns the
-// local estimate with an error wrapping ErrUnavailable.
-func (s *RedisStore) Snapshot(ctx context.Context) (map[string]int, error) {
-	if s.down.Load() || s.closed.Load() {
-		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w", ErrUnavailable)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 4*s.opts.Timeout)
-	defer cancel()
-	counts, err := s.readCounts(cctx)
-	if err != nil {
-		s.stats.errors.Add(1)
-		if ctx.Err() == nil {
-			s.trip("snapshot", err)
-		}
-		return s.localSnapshot(), fmt.Errorf("reading in-flight counts: %w: %w", ErrUnavailable, err)
-	}
-	s.stats.snapshots.Add(1)
-	return counts, nil
-}
-
-func (s *RedisStore) readCounts(ctx context.Context) (map[string]int, error) {
-	names, err := s.client.SMembers(ctx, s.keys.backends()).Result()
-	if err != nil {
-		return nil, err
-	}
-	seen := make(map[string]bool, len(names))
-	for _, n := range names {
-		seen[n] = true
-	}
-	for name := range *s.backends.Load() {
-		seen[name] = true
-	}
-	names = names[:0]
-	for n := range seen {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	out := make(map[string]int, len(names))
-	if len(names) == 0 {
-		return out, nil
-	}
-	keys := make([]string, len(names))
-	for i, n := range names {
-		keys[i] = s.keys.lease(n)
-	}
-	counts, err := countScript.Run(ctx, s.client, keys).Int64Slice()
-	if err != nil {
-		return nil, err
-	}
-	for i, n := range names {
-		if i < len(counts) && counts[i] > 0 {
-			out[n] = int(counts[i])
-		}
-	}
-	return out, nil
-}
-
-func (s *RedisStore) localSnapshot() map[string]int {
-	out := make(map[string]int)
-	for name := range *s.backends.Load() {
-		if n := s.Inflight(name); n > 0 {
-			out[name] = n
-		}
-	}
-	return out
-}
-
 // Watch implements Store: fn is called when a slot is released on this
 // replica, when another replica announces a release, and when the heartbeat
 // reclaims expired leases.
 func (s *RedisStore) Watch(fn func(backend string)) (stop func()) { return s.watchers.add(fn) }
 
-// LeaseTTL implements Store.
-func (s *RedisStore) LeaseTTL() time.Duration { return s.opts.Lease }
+// LeaseTTL implements Store: the lease given to slots taken from now on.
+func (s *RedisStore) LeaseTTL() time.Duration { return s.tun().Lease }
 
 // Mode returns how the store admits requests right now: ModeRedis, or while
-// Redis is down (or not trusted after losing its data) ModeLocal, ModeClosed or
-// ModeOpen according to OnDown.
+// Redis is down ModeLocal, ModeClosed or ModeOpen according to OnDown, or
+// ModeLocal while Redis answers but its counts are not trusted yet (after a
+// recovery or a data loss, until every replica's leases are back in it).
 func (s *RedisStore) Mode() string {
+	onDown := s.tun().OnDown
 	if s.down.Load() {
-		switch s.opts.OnDown {
+		switch onDown {
 		case FailClosed:
 			return ModeClosed
 		case FailOpen:
@@ -769,7 +410,7 @@ func (s *RedisStore) Mode() string {
 		}
 		return ModeLocal
 	}
-	if s.opts.OnDown != FailOpen && !s.trusted(s.opts.Now()) {
+	if onDown != FailOpen && !s.trusted() {
 		return ModeLocal
 	}
 	return ModeRedis
@@ -796,37 +437,21 @@ func (s *RedisStore) Stats() RedisStats {
 		Trips:          c.trips.Load(),
 		DataLosses:     c.dataLosses.Load(),
 		ExpiredLeases:  c.expiredLeases.Load(),
+		InDoubtRetries: c.inDoubtRetries.Load(),
+		LostLeases:     c.lostLeases.Load(),
 	}
+}
+
+// Held returns how many slots this replica holds now (requests in flight
+// that acquired through this store and have not released).
+func (s *RedisStore) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
 }
 
 // ReplicaID returns this replica's id.
 func (s *RedisStore) ReplicaID() string { return s.opts.ReplicaID }
-
-// LiveReplicas implements ReplicaRegistry: the replicas reported alive by a
-// heartbeat within the last lease, this one included; local shares divide
-// capacity by this number.
-func (s *RedisStore) LiveReplicas() int { return len(s.fleet.Load().live) }
-
-// Replicas implements ReplicaRegistry, reading the registry from Redis.
-func (s *RedisStore) Replicas(ctx context.Context) ([]Replica, error) {
-	cctx, cancel := context.WithTimeout(ctx, 4*s.opts.Timeout)
-	defer cancel()
-	pipe := s.client.Pipeline()
-	beats := pipe.ZRangeWithScores(cctx, s.keys.replicas(), 0, -1)
-	infos := pipe.HGetAll(cctx, s.keys.replicaInfo())
-	if _, err := pipe.Exec(cctx); err != nil {
-		return nil, fmt.Errorf("reading the replica registry: %w", err)
-	}
-	out := make([]Replica, 0, len(beats.Val()))
-	for _, z := range beats.Val() {
-		id, _ := z.Member.(string)
-		r := Replica{ID: id, LastBeat: time.UnixMilli(int64(z.Score)), Self: id == s.opts.ReplicaID}
-		r.Addr, r.Version = decodeReplicaInfo(infos.Val()[id])
-		out = append(out, r)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
-}
 
 // Close stops the background work, releases this replica's leases and removes
 // it from the registry, as far as Redis allows within a few timeouts. It does
@@ -842,7 +467,7 @@ func (s *RedisStore) Close() error {
 			delete(s.held, id)
 			h.backend.own.Add(-1)
 			if h.inRedis {
-				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(s.opts.Lease), notified: true})
+				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(h.lease), notified: true})
 			}
 		}
 		s.mu.Unlock()
@@ -868,73 +493,71 @@ func (s *RedisStore) abandon() {
 	})
 }
 
-// trip opens the breaker after a failed call: requests are decided locally and
-// the background loop probes Redis until it answers.
-func (s *RedisStore) trip(op string, err error) {
-	if s.closed.Load() || !s.down.CompareAndSwap(false, true) {
-		return
+// bgTimeout bounds one background call.
+func (s *RedisStore) bgTimeout() time.Duration { return 4 * s.tun().Timeout }
+
+// run is the store's one background goroutine. Releases, lease re-adds,
+// heartbeats and probes all run here, one after the other, so a release queued
+// after a re-add is always sent after it.
+func (s *RedisStore) run() {
+	defer close(s.done)
+	hb := s.tun().Heartbeat
+	timer := time.NewTimer(hb)
+	defer timer.Stop()
+	next := time.Now().Add(hb)
+	var probeDelay time.Duration // 0 while Redis is up
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.wake:
+		case <-timer.C:
+		}
+		t := s.tun()
+		if t.Heartbeat != hb { // tuned: the new period from now on
+			hb = t.Heartbeat
+			next = minTime(next, time.Now().Add(hb))
+		}
+		if s.down.Load() {
+			switch {
+			case probeDelay == 0: // just tripped: first probe soon, in case it was a blip
+				probeDelay = max(2*t.Timeout, 20*time.Millisecond)
+				next = time.Now().Add(probeDelay)
+			case !time.Now().Before(next):
+				s.expireLocal() // unrenewed leases must not hold local slots through an outage
+				if s.recover() {
+					probeDelay = 0
+					next = time.Now().Add(hb)
+				} else {
+					probeDelay = min(2*probeDelay, hb)
+					next = time.Now().Add(probeDelay)
+				}
+			}
+		} else {
+			probeDelay = 0
+			// A failed step is counted by the breaker; the next wake-up or
+			// heartbeat tries again, or probes once the breaker is open.
+			ok := s.flushReleases()
+			if ok && s.needSync.Swap(false) {
+				ok = s.syncLeases(false)
+			}
+			if ok && !time.Now().Before(next) {
+				next = time.Now().Add(hb)
+				if s.beat() == nil {
+					s.expireLocal()
+					s.shareSketches()
+				}
+			}
+		}
+		timer.Reset(max(time.Until(next), 0))
 	}
-	s.stats.trips.Add(1)
-	s.warnOutage("redis unavailable: admitting requests from local state until it answers again",
-		zap.String("op", op), zap.String("mode", s.Mode()), zap.String("pool", s.opts.Pool), zap.Error(err))
-	s.signal()
 }
 
-// epochChanged handles a Redis that lost its data: every live lease of this
-// replica is re-added at once, and Redis's counts are not trusted for one
-// lease, the time by which every other live replica has re-added its own and
-// dead replicas' leases would have expired.
-func (s *RedisStore) epochChanged(epoch string, now time.Time) {
-	old := s.epoch.Swap(&epoch)
-	if *old == epoch {
-		return
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
 	}
-	s.distrustUntil(now.Add(s.opts.Lease))
-	if *old == "" {
-		return // first contact: nothing was trusted before
-	}
-	s.stats.dataLosses.Add(1)
-	s.mu.Lock()
-	for _, h := range s.held {
-		h.inRedis = false
-	}
-	s.mu.Unlock()
-	s.needSync.Store(true)
-	s.signal()
-	if ce := s.opts.Logger.Check(zapcore.WarnLevel, "redis lost its data: re-adding this replica's leases, admitting by local share for one lease"); ce != nil {
-		ce.Write(zap.String("pool", s.opts.Pool), zap.Duration("lease", s.opts.Lease))
-	}
-}
-
-// noticeEvery limits outage logging: a flapping Redis warns once per period.
-const noticeEvery = time.Minute
-
-// warnOutage logs the start of an outage as a warning, at most once per
-// noticeEvery (at debug level otherwise), and remembers whether it did so that
-// the recovery is logged alike.
-func (s *RedisStore) warnOutage(msg string, fields ...zap.Field) {
-	now := time.Now().UnixNano()
-	last := s.noticeAt.Load()
-	level := zapcore.DebugLevel
-	if (last == 0 || now-last >= int64(noticeEvery)) && s.noticeAt.CompareAndSwap(last, now) {
-		level = zapcore.WarnLevel
-		s.announced.Store(true)
-	}
-	if ce := s.opts.Logger.Check(level, msg); ce != nil {
-		ce.Write(fields...)
-	}
-}
-
-// logRecovery logs the end of an outage, at info level if its start was
-// warned about.
-func (s *RedisStore) logRecovery(msg string, fields ...zap.Field) {
-	level := zapcore.DebugLevel
-	if s.announced.Swap(false) {
-		level = zapcore.InfoLevel
-	}
-	if ce := s.opts.Logger.Check(level, msg); ce != nil {
-		ce.Write(fields...)
-	}
+	return a
 }
 
 // Interface guards

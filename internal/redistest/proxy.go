@@ -19,6 +19,7 @@ type Proxy struct {
 	target string
 	ln     net.Listener
 	delay  atomic.Int64 // reply delay in ns
+	cut    atomic.Bool  // connections are refused
 	wg     sync.WaitGroup
 
 	mu    sync.Mutex
@@ -43,6 +44,20 @@ func NewProxy(t testing.TB, target string) *Proxy {
 // SetReplyDelay makes every reply chunk wait d before it is forwarded.
 func (p *Proxy) SetReplyDelay(d time.Duration) { p.delay.Store(int64(d)) }
 
+// SetCut cuts the proxy off from the server as a broken network would: while
+// cut, its open connections are closed and new ones are closed at once (the
+// client sees EOF or a reset). Uncut, it proxies again.
+func (p *Proxy) SetCut(cut bool) {
+	p.cut.Store(cut)
+	if cut {
+		p.mu.Lock()
+		for c := range p.conns {
+			_ = c.Close()
+		}
+		p.mu.Unlock()
+	}
+}
+
 // Close stops the proxy and drops its connections.
 func (p *Proxy) Close() {
 	_ = p.ln.Close()
@@ -64,12 +79,22 @@ func (p *Proxy) track(c net.Conn) bool {
 	return true
 }
 
+func (p *Proxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+}
+
 func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		client, err := p.ln.Accept()
 		if err != nil {
 			return
+		}
+		if p.cut.Load() {
+			_ = client.Close()
+			continue
 		}
 		server, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -83,6 +108,7 @@ func (p *Proxy) accept() {
 			defer p.wg.Done()
 			_, _ = io.Copy(server, client)
 			_ = server.Close()
+			p.untrack(server)
 		}()
 		go func() { // replies: held back by the current delay
 			defer p.wg.Done()
@@ -102,6 +128,7 @@ func (p *Proxy) accept() {
 				}
 			}
 			_ = client.Close()
+			p.untrack(client)
 		}()
 	}
 }

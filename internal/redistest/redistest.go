@@ -269,7 +269,28 @@ func (s *Server) Pause(d time.Duration) {
 	}
 }
 
-// Unpause ends a CLIENT PAUSE early.
+// PauseWatch pauses the server like Pause and returns a channel that is
+// closed once the pause is over as Redis itself reports it: a PING sent on a
+// connection of its own right after the pause took effect has been answered
+// (or failed). A test checks that something happened during the pause, not
+// after waiting it out, by seeing the channel still open when it happened.
+func (s *Server) PauseWatch(d time.Duration) <-chan struct{} {
+	s.t.Helper()
+	s.Pause(d)
+	over := make(chan struct{})
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DisableIdentity: true, ReadTimeout: -1})
+	go func() {
+		defer close(over)
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), d+time.Minute)
+		defer cancel()
+		_ = c.Ping(ctx).Err()
+	}()
+	return over
+}
+
+// Unpause ends a CLIENT PAUSE early. Redis 7 pauses the CLIENT UNPAUSE of a
+// new connection too, so with PAUSE ALL this returns when the pause ends.
 func (s *Server) Unpause() {
 	s.t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DisableIdentity: true})
