@@ -169,7 +169,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 	created := false
 	v, _, err := stores.LoadOrNew(h.storeKey, func() (caddy.Destructor, error) {
 		created = true
-		sketches := loadstate.NewSketches(0, 0, nil)
+		sketches, learner := loadstate.NewSketches(0, 0, nil), loadstate.NewLearner(0, 0, nil)
 		store, err := loadstate.NewRedisStore(client, loadstate.RedisOptions{
 			Pool:        h.Pool,
 			KeyPrefix:   h.Redis.KeyPrefix,
@@ -180,6 +180,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 			Timeout:     tunables.Timeout,
 			OnDown:      tunables.OnDown,
 			Sketches:    sketches,
+			Learner:     learner,
 			Logger:      ctx.Logger().Named("redis"),
 		})
 		if err != nil {
@@ -188,7 +189,7 @@ func (h *Handler) provisionRedisStore(ctx caddy.Context) error {
 		// The store takes a client reference of its own, given back when the
 		// store's last router is gone.
 		redisClients.LoadOrStore(clientKey, client)
-		return &pooledStore{pool: h.Pool, store: store, redis: store, sketches: sketches, learner: loadstate.NewLearner(0, 0, nil), close: func() error {
+		return &pooledStore{pool: h.Pool, store: store, redis: store, sketches: sketches, learner: learner, close: func() error {
 			// Caddy cleans an old config up while its last requests may
 			// still run (a reload that changed the connection, say a
 			// rotated password, or the pool): their leases must stay in

@@ -326,7 +326,8 @@ func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 	return r, nil
 }
 
-// deregister removes this replica from the registry and its sketches.
+// deregister removes this replica from the registry, its sketches and its
+// learned window.
 func (s *RedisStore) deregister() {
 	ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
 	defer cancel()
@@ -340,6 +341,9 @@ func (s *RedisStore) deregister() {
 				pipe.HDel(ctx, s.keys.sketch(name, m), s.opts.ReplicaID)
 			}
 		}
+	}
+	if s.opts.Learner != nil {
+		pipe.HDel(ctx, s.keys.learned(), s.opts.ReplicaID)
 	}
 	_, _ = pipe.Exec(ctx)
 }

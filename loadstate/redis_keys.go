@@ -60,6 +60,10 @@ func (k keyspace) sketch(backend string, m Metric) string {
 	return k.base + "sketch:" + keyPart(backend) + ":" + m.String()
 }
 
+// learned is the hash of replica id → that replica's encoded learned window
+// (latency models, error rates, output lengths; see Learner).
+func (k keyspace) learned() string { return k.base + "learned" }
+
 // released is the pub/sub channel on which freed slots are announced.
 func (k keyspace) released() string { return k.base + "released" }
 

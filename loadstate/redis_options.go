@@ -74,6 +74,9 @@ type RedisOptions struct {
 	// Sketches, when set, are shared with the other replicas on every
 	// heartbeat and merged with theirs.
 	Sketches *Sketches
+	// Learner, when set, is shared likewise: every replica's latency
+	// models and error rates are fitted on the fleet's observations.
+	Learner *Learner
 	// Logger receives the store's warnings (one per outage, not per request).
 	// Default: no logging.
 	Logger *zap.Logger

@@ -12,22 +12,27 @@ import (
 // wrote them.
 func (s *RedisStore) sketchTTL() time.Duration { return max(10*s.tun().Lease, time.Minute) }
 
-// shareSketches publishes this replica's latency windows and merges the other
-// live replicas' into its own Sketches: one pipeline per heartbeat, one hash per
-// backend and metric (field = replica id).
+// shareSketches publishes this replica's latency windows and learned
+// windows (see Learner) and merges the other live replicas' into its own:
+// one pipeline per heartbeat, one hash per backend and metric for the
+// sketches and one for the learner (field = replica id).
 func (s *RedisStore) shareSketches() {
-	sk := s.opts.Sketches
-	if sk == nil {
+	sk, lr := s.opts.Sketches, s.opts.Learner
+	if sk == nil && lr == nil {
 		return
 	}
 	names := map[string]bool{}
 	for name := range *s.backends.Load() {
 		names[name] = true
 	}
-	for _, name := range sk.Backends() {
-		names[name] = true
+	if sk != nil {
+		for _, name := range sk.Backends() {
+			names[name] = true
+		}
+	} else {
+		names = nil
 	}
-	if len(names) == 0 {
+	if len(names) == 0 && lr == nil {
 		return
 	}
 	live := map[string]bool{}
@@ -63,6 +68,20 @@ func (s *RedisStore) shareSketches() {
 			reads = append(reads, read{name, m, pipe.HGetAll(ctx, key)})
 		}
 	}
+	var learned *redis.MapStringStringCmd
+	if lr != nil {
+		key := s.keys.learned()
+		if data := lr.EncodeWindow(); data != nil {
+			pipe.HSet(ctx, key, s.opts.ReplicaID, data)
+			pipe.PExpire(ctx, key, s.sketchTTL())
+		} else {
+			pipe.HDel(ctx, key, s.opts.ReplicaID)
+		}
+		if len(dead) > 0 {
+			pipe.HDel(ctx, key, dead...)
+		}
+		learned = pipe.HGetAll(ctx, key)
+	}
 	_, err := pipe.Exec(ctx)
 	s.stats.sketchSyncs.Add(1)
 	if err != nil {
@@ -85,6 +104,14 @@ func (s *RedisStore) shareSketches() {
 				continue
 			}
 			_ = sk.MergeRemote(replica, r.backend, r.metric, []byte(data))
+		}
+	}
+	if learned != nil {
+		for replica, data := range learned.Val() {
+			if replica == s.opts.ReplicaID || !live[replica] {
+				continue
+			}
+			_ = lr.MergeRemote(replica, []byte(data))
 		}
 	}
 }

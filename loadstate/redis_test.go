@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelrouter/modelrouter/engine"
 	"github.com/modelrouter/modelrouter/internal/redistest"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -449,6 +450,39 @@ func TestRedisSketchSharing(t *testing.T) {
 		p25, p90 := sk.Quantile("x", EndToEnd, 0.25), sk.Quantile("x", EndToEnd, 0.9)
 		if p25 < 95*time.Millisecond || p25 > 105*time.Millisecond || p90 < 290*time.Millisecond || p90 > 310*time.Millisecond {
 			t.Errorf("%s: fleet-wide p25 %v, p90 %v; want about 100ms and 300ms", name, p25, p90)
+		}
+	}
+}
+
+// TestRedisLearnerSharing: each replica's learner fits the fleet's
+// observations: one replica saw only failures of a backend, the other only
+// successes; both end up with the fleet's error rate and latency model.
+func TestRedisLearnerSharing(t *testing.T) {
+	srv := redistest.Start(t)
+	env := standaloneEnv(srv)
+	pool := newTestPool()
+	lrA, lrB := NewLearner(time.Minute, 6, nil), NewLearner(time.Minute, 6, nil)
+	for i := range 40 {
+		lrA.Record(LearnSample{Backend: "x", Model: "m", Outcome: engine.OutcomeFailed, Total: time.Millisecond})
+		out := 10 + i
+		lrB.Record(LearnSample{Backend: "x", Model: "m", Outcome: engine.OutcomeSuccess, Prompt: 100 * (i * 7 % 11), Output: out,
+			Total: 20*time.Millisecond + time.Duration(out-1)*5*time.Millisecond})
+	}
+	opts := func(id string, lr *Learner) RedisOptions {
+		return RedisOptions{Pool: pool, ReplicaID: id, Heartbeat: 100 * time.Millisecond, Learner: lr}
+	}
+	newTestStore(t, env, opts("a", lrA))
+	newTestStore(t, env, opts("b", lrB))
+	waitFor(t, 10*time.Second, "each replica to see the other's observations", func() bool {
+		return lrA.Backend("x", "m").Attempts == 80 && lrB.Backend("x", "m").Attempts == 80
+	})
+	for name, lr := range map[string]*Learner{"a": lrA, "b": lrB} {
+		got := lr.Backend("x", "m")
+		if got.Errors != 40 || got.Perf.Samples != 40 {
+			t.Errorf("%s: %d errors, %d samples; want the fleet's 40 and 40", name, got.Errors, got.Perf.Samples)
+		}
+		if tpot := got.Perf.TPOT; tpot < 4900*time.Microsecond || tpot > 5100*time.Microsecond {
+			t.Errorf("%s: TPOT %v, want the 5ms replica b observed", name, tpot)
 		}
 	}
 }
