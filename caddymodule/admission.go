@@ -139,15 +139,20 @@ func (rt *routing) loadPool() {
 		b := &h.backends[i]
 		a, _ := h.health.Check(b.Name, t, rt.alone)
 		bl := &view.backends[i]
+		var tokens int
+		if b.MaxTokensInflight > 0 {
+			tokens = h.store.Tokens(b.Name)
+		}
 		loads[i] = engine.Load{
-			Inflight:    h.store.Inflight(b.Name),
-			LatencyP95:  bl.e2e,
-			TTFTP95:     bl.ttft,
-			CoolingDown: a == engine.Unavailable,
-			Draining:    false,
-			Perf:        bl.perf[b.UpstreamModel(rt.req.Model)],
-			Waiting:     h.queue.Waiting(i),
-			Feedback:    bl.feedback,
+			TokensInflight: tokens,
+			Inflight:       h.store.Inflight(b.Name),
+			LatencyP95:     bl.e2e,
+			TTFTP95:        bl.ttft,
+			CoolingDown:    a == engine.Unavailable,
+			Draining:       false,
+			Perf:           bl.perf[b.UpstreamModel(rt.req.Model)],
+			Waiting:        h.queue.Waiting(i),
+			Feedback:       bl.feedback,
 		}
 		probe[i] = a == engine.ProbeAvailable
 		if rt.tried != nil && rt.tried.Has(i) {
@@ -449,7 +454,11 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 			}
 			claimed = append(claimed, c.Index)
 		}
-		slots = append(slots, loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight})
+		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight}
+		if b.MaxTokensInflight > 0 {
+			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
+		}
+		slots = append(slots, slot)
 		idx = append(idx, c.Index)
 	}
 	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed

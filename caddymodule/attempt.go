@@ -195,7 +195,7 @@ func (rt *routing) outcome(aw *attemptWriter, r *http.Request, err error, aborte
 func (rt *routing) alternativeExists(current int) bool {
 	for i := range rt.h.backends {
 		if i != current && !rt.tried.Has(i) && rt.h.strategy.Eligible(&rt.req, &rt.pool, i) &&
-			rt.pool.Loads[i].Inflight < rt.h.backends[i].MaxInflight {
+			rt.pool.Loads[i].Fits(&rt.h.backends[i], &rt.req) {
 			return true
 		}
 	}

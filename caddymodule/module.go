@@ -104,13 +104,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		// rejected names that differ only in case).
 		caps, _ := normalizeCapabilities(bc.Name, bc.Capabilities)
 		b := engine.Backend{
-			Name:         bc.Name,
-			Models:       make(map[string]string, len(bc.Models)),
-			Capabilities: caps,
-			MaxInflight:  bc.MaxInflight,
-			Context:      bc.Context,
-			Cost:         bc.Cost,
-			Weight:       bc.Weight,
+			Name:              bc.Name,
+			Models:            make(map[string]string, len(bc.Models)),
+			Capabilities:      caps,
+			MaxInflight:       bc.MaxInflight,
+			MaxTokensInflight: bc.MaxTokensInflight,
+			Context:           bc.Context,
+			Cost:              bc.Cost,
+			Weight:            bc.Weight,
 		}
 		for j, m := range bc.Models {
 			up := m.Upstream

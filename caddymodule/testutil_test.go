@@ -157,7 +157,14 @@ func (g *gateway) render(tmpl string) string {
 	port := func(name string) int {
 		p, ok := g.ports[name]
 		if !ok {
-			p = freePort(g.t)
+			// Two probes may hand out the same free port: no port twice
+			// in one config (Caddy would see one site defined twice).
+			taken := map[int]bool{}
+			for _, q := range g.ports {
+				taken[q] = true
+			}
+			for p = freePort(g.t); taken[p]; p = freePort(g.t) {
+			}
 			g.ports[name] = p
 		}
 		return p
@@ -222,6 +229,9 @@ func (g *gateway) reload(tmpl string) error {
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("posting /load: %s: %s", resp.Status, msg)
 	}
+	// The old servers close their idle keep-alive connections: a test's next
+	// POST must not pick one of those (Go does not resend a POST).
+	http.DefaultClient.CloseIdleConnections()
 	return nil
 }
 

@@ -23,7 +23,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 
 	t.Run("FirstWithRoom", func(t *testing.T) {
 		s := one(t)
-		cands := []Slot{{"a", 1}, {"b", 2}}
+		cands := []Slot{{Backend: "a", Capacity: 1}, {Backend: "b", Capacity: 2}}
 		for i, want := range []int{0, 1, 1, -1} {
 			got, err := s.Acquire(ctx, fmt.Sprintf("r%d", i), cands)
 			if err != nil || got != want {
@@ -39,14 +39,14 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 		}
 		// A shared store may apply the release asynchronously.
 		waitFor(t, 5*time.Second, "the released slot on b", func() bool {
-			got, _ := s.Acquire(ctx, "r4", []Slot{{"b", 2}, {"a", 1}})
+			got, _ := s.Acquire(ctx, "r4", []Slot{{Backend: "b", Capacity: 2}, {Backend: "a", Capacity: 1}})
 			return got == 0
 		})
 	})
 
 	t.Run("Idempotent", func(t *testing.T) {
 		s := one(t)
-		cands := []Slot{{"a", 2}, {"b", 2}}
+		cands := []Slot{{Backend: "a", Capacity: 2}, {Backend: "b", Capacity: 2}}
 		if got, _ := s.Acquire(ctx, "x", cands); got != 0 {
 			t.Fatalf("first acquire = %d", got)
 		}
@@ -56,11 +56,11 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 			}
 		}
 		// Same id, candidates in another order: still the slot it holds.
-		if got, _ := s.Acquire(ctx, "x", []Slot{{"b", 2}, {"a", 2}}); got != 1 {
+		if got, _ := s.Acquire(ctx, "x", []Slot{{Backend: "b", Capacity: 2}, {Backend: "a", Capacity: 2}}); got != 1 {
 			t.Fatalf("acquire with reordered candidates = %d, want 1 (a)", got)
 		}
 		// Held on a backend that is no longer a candidate: no second slot.
-		if got, _ := s.Acquire(ctx, "x", []Slot{{"b", 2}}); got != -1 {
+		if got, _ := s.Acquire(ctx, "x", []Slot{{Backend: "b", Capacity: 2}}); got != -1 {
 			t.Fatalf("acquire without the held backend = %d, want -1", got)
 		}
 		if a, b := s.Inflight("a"), s.Inflight("b"); a != 1 || b != 0 {
@@ -73,7 +73,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				results[i], _ = s.Acquire(ctx, "y", []Slot{{"c", 10}})
+				results[i], _ = s.Acquire(ctx, "y", []Slot{{Backend: "c", Capacity: 10}})
 			}()
 		}
 		wg.Wait()
@@ -90,7 +90,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 
 	t.Run("ExactRelease", func(t *testing.T) {
 		s := one(t)
-		cands := []Slot{{"a", 3}}
+		cands := []Slot{{Backend: "a", Capacity: 3}}
 		for _, id := range []string{"1", "2", "3"} {
 			if got, _ := s.Acquire(ctx, id, cands); got != 0 {
 				t.Fatalf("acquire %s = %d", id, got)
@@ -134,38 +134,38 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 	t.Run("CapacityChange", func(t *testing.T) {
 		s := one(t)
 		for _, id := range []string{"1", "2"} {
-			if got, _ := s.Acquire(ctx, id, []Slot{{"a", 2}}); got != 0 {
+			if got, _ := s.Acquire(ctx, id, []Slot{{Backend: "a", Capacity: 2}}); got != 0 {
 				t.Fatalf("acquire %s = %d", id, got)
 			}
 		}
-		if got, _ := s.Acquire(ctx, "3", []Slot{{"a", 2}}); got != -1 {
+		if got, _ := s.Acquire(ctx, "3", []Slot{{Backend: "a", Capacity: 2}}); got != -1 {
 			t.Fatalf("acquire at capacity 2 = %d", got)
 		}
-		if got, _ := s.Acquire(ctx, "3", []Slot{{"a", 3}}); got != 0 {
+		if got, _ := s.Acquire(ctx, "3", []Slot{{Backend: "a", Capacity: 3}}); got != 0 {
 			t.Fatalf("acquire after raising capacity to 3 = %d", got)
 		}
 		// Lowered below what is in flight: nothing new until it drains.
-		if got, _ := s.Acquire(ctx, "4", []Slot{{"a", 1}}); got != -1 {
+		if got, _ := s.Acquire(ctx, "4", []Slot{{Backend: "a", Capacity: 1}}); got != -1 {
 			t.Fatalf("acquire after lowering capacity to 1 = %d", got)
 		}
 		mustRelease(t, s, "1", "a")
 		mustRelease(t, s, "2", "a")
-		if got, _ := s.Acquire(ctx, "4", []Slot{{"a", 1}}); got != -1 {
+		if got, _ := s.Acquire(ctx, "4", []Slot{{Backend: "a", Capacity: 1}}); got != -1 {
 			t.Fatalf("acquire with 1 in flight at capacity 1 = %d", got)
 		}
 		mustRelease(t, s, "3", "a")
 		waitFor(t, 5*time.Second, "room on a at capacity 1", func() bool {
-			got, _ := s.Acquire(ctx, "4", []Slot{{"a", 1}})
+			got, _ := s.Acquire(ctx, "4", []Slot{{Backend: "a", Capacity: 1}})
 			return got == 0
 		})
-		if got, _ := s.Acquire(ctx, "5", []Slot{{"a", 0}, {"b", 0}}); got != -1 {
+		if got, _ := s.Acquire(ctx, "5", []Slot{{Backend: "a", Capacity: 0}, {Backend: "b", Capacity: 0}}); got != -1 {
 			t.Fatalf("acquire at capacity 0 = %d", got)
 		}
 	})
 
 	t.Run("Renew", func(t *testing.T) {
 		s := one(t)
-		if got, _ := s.Acquire(ctx, "1", []Slot{{"a", 1}}); got != 0 {
+		if got, _ := s.Acquire(ctx, "1", []Slot{{Backend: "a", Capacity: 1}}); got != 0 {
 			t.Fatal("acquire failed")
 		}
 		if err := s.Renew(ctx, "1", "a"); err != nil {
@@ -189,7 +189,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 		stopA := a.Watch(func(backend string) { onA <- backend })
 		stopB := b.Watch(func(backend string) { onB <- backend })
 		defer stopB()
-		if got, _ := a.Acquire(ctx, "1", []Slot{{"w", 1}}); got != 0 {
+		if got, _ := a.Acquire(ctx, "1", []Slot{{Backend: "w", Capacity: 1}}); got != 0 {
 			t.Fatal("acquire failed")
 		}
 		mustRelease(t, a, "1", "w")
@@ -197,7 +197,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 		expectWake(t, onB, "w", "another replica")
 		stopA()
 		stopA() // idempotent
-		if got, _ := a.Acquire(ctx, "2", []Slot{{"w", 1}}); got != 0 {
+		if got, _ := a.Acquire(ctx, "2", []Slot{{Backend: "w", Capacity: 1}}); got != 0 {
 			t.Fatal("acquire failed")
 		}
 		mustRelease(t, a, "2", "w")
@@ -213,11 +213,11 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 		replicas := newReplicas(t, 2)
 		a, b := replicas[0], replicas[1]
 		for i := range 3 {
-			if got, _ := a.Acquire(ctx, fmt.Sprintf("a%d", i), []Slot{{"s1", 5}}); got != 0 {
+			if got, _ := a.Acquire(ctx, fmt.Sprintf("a%d", i), []Slot{{Backend: "s1", Capacity: 5}}); got != 0 {
 				t.Fatal("acquire failed")
 			}
 		}
-		if got, _ := b.Acquire(ctx, "b0", []Slot{{"s2", 5}}); got != 0 {
+		if got, _ := b.Acquire(ctx, "b0", []Slot{{Backend: "s2", Capacity: 5}}); got != 0 {
 			t.Fatal("acquire failed")
 		}
 		// Any replica sees the whole pool, backends it never used included.
@@ -238,6 +238,133 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 	t.Run("ConcurrencyProperty", func(t *testing.T) {
 		testConcurrencyProperty(t, newReplicas(t, 3))
 	})
+
+	t.Run("TokenCapacity", func(t *testing.T) {
+		s := one(t)
+		slot := func(tokens int) []Slot {
+			return []Slot{{Backend: "t", Capacity: 10, Tokens: tokens, TokenCapacity: 100}, {Backend: "u", Capacity: 1}}
+		}
+		for _, step := range []struct {
+			id     string
+			tokens int
+			want   int
+		}{
+			{"a", 60, 0},
+			{"b", 50, 1}, // 110 > 100: the next candidate, which has no token limit
+			{"c", 40, 0}, // exactly 100
+			{"d", 1, -1}, // t has no token room, u no slot
+			{"a", 60, 0}, // idempotent: the same slot, nothing more
+		} {
+			if got, err := s.Acquire(ctx, step.id, slot(step.tokens)); err != nil || got != step.want {
+				t.Fatalf("acquire %s (%d tokens) = %d, %v; want %d", step.id, step.tokens, got, err, step.want)
+			}
+		}
+		if got := s.Tokens("t"); got != 100 {
+			t.Fatalf("tokens in flight on t = %d, want 100", got)
+		}
+		mustRelease(t, s, "a", "t")
+		waitFor(t, 5*time.Second, "a's tokens back", func() bool {
+			got, _ := s.Acquire(ctx, "f", slot(55))
+			return got == 0
+		})
+		mustRelease(t, s, "c", "t")
+		mustRelease(t, s, "f", "t")
+		mustRelease(t, s, "b", "u")
+		// Larger than the whole token capacity: admitted alone only.
+		waitFor(t, 5*time.Second, "t empty", func() bool {
+			got, _ := s.Acquire(ctx, "big", slot(500)[:1])
+			return got == 0
+		})
+		if got, _ := s.Acquire(ctx, "small", slot(1)[:1]); got != -1 {
+			t.Fatalf("a request beside an oversized one got %d, want -1", got)
+		}
+		mustRelease(t, s, "big", "t")
+		waitFor(t, 5*time.Second, "tokens back to 0", func() bool { return s.Tokens("t") == 0 })
+	})
+
+	t.Run("TokenProperty", func(t *testing.T) {
+		testTokenProperty(t, newReplicas(t, 3))
+	})
+}
+
+// testTokenProperty: goroutines across the stores acquire requests of random
+// token costs (some larger than the whole capacity) and release them; the
+// true token sum in flight on a backend, tracked like the concurrency in
+// testConcurrencyProperty, never exceeds its token capacity except by a single
+// oversized request alone, and ends at 0.
+func testTokenProperty(t *testing.T, stores []Store) {
+	ctx := context.Background()
+	const tokenCap = 200
+	backends := []Slot{{Backend: "tk0", Capacity: 4, TokenCapacity: tokenCap}, {Backend: "tk1", Capacity: 8, TokenCapacity: tokenCap}}
+	var tokens, count [2]atomic.Int64
+	var violations, admitted, refused, oversized atomic.Int64
+	opsPer := 200
+	if testing.Short() {
+		opsPer = 50
+	}
+	var wg sync.WaitGroup
+	for si, s := range stores {
+		for g := range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(si)+100, uint64(g)))
+				for op := range opsPer {
+					cost := 10 + rng.IntN(120)
+					if rng.IntN(20) == 0 {
+						cost = tokenCap + 50 // larger than the capacity
+					}
+					perm := rng.Perm(len(backends))
+					cands := make([]Slot, len(perm))
+					for i, p := range perm {
+						cands[i] = backends[p]
+						cands[i].Tokens = cost
+					}
+					id := fmt.Sprintf("tk-s%d-g%d-op%d", si, g, op)
+					idx, err := s.Acquire(ctx, id, cands)
+					if err != nil {
+						t.Errorf("acquire: %v", err)
+						return
+					}
+					if idx < 0 {
+						refused.Add(1)
+						continue
+					}
+					admitted.Add(1)
+					if cost > tokenCap {
+						oversized.Add(1)
+					}
+					b := perm[idx]
+					n := count[b].Add(1)
+					sum := tokens[b].Add(int64(cost))
+					if sum > tokenCap && n > 1 {
+						violations.Add(1)
+					}
+					if rng.IntN(3) == 0 {
+						time.Sleep(time.Duration(rng.IntN(200)) * time.Microsecond)
+					}
+					tokens[b].Add(-int64(cost))
+					count[b].Add(-1)
+					if err := s.Release(ctx, id, cands[idx].Backend); err != nil {
+						t.Errorf("release: %v", err)
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	t.Logf("%d stores: %d admitted (%d oversized, alone), %d refused", len(stores), admitted.Load(), oversized.Load(), refused.Load())
+	if v := violations.Load(); v > 0 {
+		t.Fatalf("token capacity exceeded %d times", v)
+	}
+	if admitted.Load() == 0 || refused.Load() == 0 {
+		t.Fatalf("no contention: %d admitted, %d refused", admitted.Load(), refused.Load())
+	}
+	for _, s := range stores {
+		for _, b := range backends {
+			waitFor(t, 10*time.Second, "tokens back to 0 on "+b.Backend, func() bool { return s.Tokens(b.Backend) == 0 })
+		}
+	}
 }
 
 // testConcurrencyProperty has many goroutines across the given stores acquire
@@ -247,7 +374,7 @@ func runStoreConformance(t *testing.T, newReplicas newReplicasFunc) {
 // stores too.
 func testConcurrencyProperty(t *testing.T, stores []Store) {
 	ctx := context.Background()
-	backends := []Slot{{"p0", 1}, {"p1", 2}, {"p2", 3}, {"p3", 5}}
+	backends := []Slot{{Backend: "p0", Capacity: 1}, {Backend: "p1", Capacity: 2}, {Backend: "p2", Capacity: 3}, {Backend: "p3", Capacity: 5}}
 	var inflight, peak [4]atomic.Int64
 	var violations, admitted, refused atomic.Int64
 	const perStore = 8

@@ -13,18 +13,25 @@ import (
 type MemoryStore struct {
 	mu       sync.Mutex
 	backends atomic.Pointer[map[string]*memoryBackend] // copy on write: Inflight reads it without the lock
-	leases   map[string]string                         // lease id → backend holding it
+	leases   map[string]memoryLease                    // lease id → what it holds
 
 	watchers watchers
 }
 
 type memoryBackend struct {
-	inflight atomic.Int64 // written under MemoryStore.mu, read lock-free by Inflight
+	// Written under MemoryStore.mu, read lock-free by Inflight and Tokens.
+	inflight, tokens atomic.Int64
+}
+
+// memoryLease is what one lease holds: a slot on backend and its tokens.
+type memoryLease struct {
+	backend string
+	tokens  int64
 }
 
 // NewMemoryStore returns an empty in-memory store.
 func NewMemoryStore() *MemoryStore {
-	m := &MemoryStore{leases: make(map[string]string)}
+	m := &MemoryStore{leases: make(map[string]memoryLease)}
 	m.backends.Store(&map[string]*memoryBackend{})
 	return m
 }
@@ -54,7 +61,7 @@ func (m *MemoryStore) Acquire(ctx context.Context, id string, candidates []Slot)
 	defer m.mu.Unlock()
 	if held, ok := m.leases[id]; ok {
 		for i, c := range candidates {
-			if c.Backend == held {
+			if c.Backend == held.backend {
 				return i, nil
 			}
 		}
@@ -64,9 +71,11 @@ func (m *MemoryStore) Acquire(ctx context.Context, id string, candidates []Slot)
 	}
 	for i, c := range candidates {
 		b := m.backend(c.Backend)
-		if b.inflight.Load() < int64(c.Capacity) {
+		cost := int64(max(c.Tokens, 0))
+		if b.inflight.Load() < int64(c.Capacity) && fitsTokens(b.tokens.Load(), cost, int64(c.TokenCapacity)) {
 			b.inflight.Add(1)
-			m.leases[id] = c.Backend
+			b.tokens.Add(cost)
+			m.leases[id] = memoryLease{backend: c.Backend, tokens: cost}
 			return i, nil
 		}
 	}
@@ -77,12 +86,14 @@ func (m *MemoryStore) Acquire(ctx context.Context, id string, candidates []Slot)
 func (m *MemoryStore) Release(_ context.Context, id, backend string) error {
 	m.mu.Lock()
 	held, ok := m.leases[id]
-	if !ok || held != backend {
+	if !ok || held.backend != backend {
 		m.mu.Unlock()
 		return nil
 	}
 	delete(m.leases, id)
-	m.backend(backend).inflight.Add(-1)
+	b := m.backend(backend)
+	b.inflight.Add(-1)
+	b.tokens.Add(-held.tokens)
 	m.mu.Unlock()
 	m.watchers.notify(backend)
 	return nil
@@ -98,6 +109,15 @@ func (m *MemoryStore) Inflight(backend string) int {
 		return 0
 	}
 	return int(b.inflight.Load())
+}
+
+// Tokens implements Store: the token costs in flight on backend.
+func (m *MemoryStore) Tokens(backend string) int {
+	b := (*m.backends.Load())[backend]
+	if b == nil {
+		return 0
+	}
+	return int(b.tokens.Load())
 }
 
 // Snapshot implements Store.

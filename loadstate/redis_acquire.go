@@ -29,6 +29,9 @@ func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) 
 	states := make([]*backendState, len(candidates))
 	for i, c := range candidates {
 		states[i] = s.state(c.Backend)
+		if c.TokenCapacity > 0 && !states[i].tokenLimited.Load() {
+			states[i].tokenLimited.Store(true)
+		}
 	}
 	now := s.opts.Now()
 	s.mu.Lock()
@@ -64,13 +67,15 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	// is reserved locally until the reply so that concurrent acquires cannot
 	// overshoot the share together.
 	shareLimited := t.OnDown != FailOpen && !s.trusted()
+	cost := requestTokens(candidates)
 	var reserved []bool
 	if shareLimited {
 		reserved = make([]bool, n)
 		s.mu.Lock()
 		for i, st := range states {
-			if s.localAllowsLocked(st, candidates[i].Capacity, now) {
+			if s.localAllowsLocked(st, candidates[i], now) {
 				st.reserved++
+				st.reservedTokens += cost
 				reserved[i] = true
 			}
 		}
@@ -79,10 +84,10 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	// One member for every attempt of this call: a retry finds what an
 	// attempt whose reply was lost took. It is unique to this call, so the
 	// cleanup after giving up can never remove another acquisition.
-	member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
+	member := s.leaseMember(id, cost)
 	trustedEpoch := *s.epoch.Load()
 	keys := make([]string, 1+n)
-	args := make([]any, 5+2*n)
+	args := make([]any, 5+3*n)
 	keys[0] = s.epochKey
 	args[0], args[1], args[2], args[3], args[4] = member, t.leaseMs, trustedEpoch, s.freshArg, s.chanArg
 	for i, c := range candidates {
@@ -93,6 +98,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		}
 		args[5+i] = capacity
 		args[5+n+i] = states[i].nameArg
+		args[5+2*n+i] = max(c.TokenCapacity, 0)
 	}
 
 	var reply acquireReply
@@ -144,6 +150,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	for i, r := range reserved {
 		if r {
 			states[i].reserved--
+			states[i].reservedTokens -= cost
 		}
 	}
 	if err != nil || (reply.chosen == -2 && inDoubt) {
@@ -195,12 +202,14 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	}
 	if chosen >= 0 {
 		st := states[chosen]
-		s.held[id] = &heldLease{backend: st, member: member, lease: t.Lease, expires: now.Add(t.Lease), inRedis: true, confirmed: sent}
+		s.held[id] = &heldLease{backend: st, member: member, tokens: cost, lease: t.Lease, expires: now.Add(t.Lease), inRedis: true, confirmed: sent}
 		st.own.Add(1)
+		st.ownTokens.Add(cost)
 	}
 	trusted := s.trusted()
 	for i, st := range states {
 		st.fleet.Store(reply.counts[i])
+		st.fleetTokens.Store(reply.sums[i])
 		if trusted {
 			st.othersAt.Store(max(reply.counts[i]-st.own.Load(), 0))
 			st.contactAt.Store(now.UnixNano())
@@ -237,6 +246,7 @@ type acquireReply struct {
 	chosen int64
 	epoch  string
 	counts []int64
+	sums   []int64 // tokens in flight
 }
 
 func parseAcquireReply(raw []any, n int) (acquireReply, error) {
@@ -253,16 +263,20 @@ func parseAcquireReply(raw []any, n int) (acquireReply, error) {
 	if chosen == -2 {
 		return r, nil
 	}
-	if len(raw) != 2+n || chosen < -1 || chosen >= int64(n) {
+	if len(raw) != 2+2*n || chosen < -1 || chosen >= int64(n) {
 		return r, fmt.Errorf("acquire script: reply of %d values for %d candidates, chosen %d", len(raw), n, chosen)
 	}
-	r.counts = make([]int64, n)
-	for i := range n {
+	r.counts, r.sums = make([]int64, n), make([]int64, n)
+	for i := range 2 * n {
 		c, ok := raw[2+i].(int64)
 		if !ok {
 			return r, fmt.Errorf("acquire script: count of type %T", raw[2+i])
 		}
-		r.counts[i] = c
+		if i < n {
+			r.counts[i] = c
+		} else {
+			r.sums[i-n] = c
+		}
 	}
 	return r, nil
 }
@@ -272,17 +286,48 @@ func parseAcquireReply(raw []any, n int) (acquireReply, error) {
 // Otherwise: within this replica's share, and, until their leases would have
 // expired, counting what the other replicas held at the last trusted contact
 // (they may still hold it; a replica that was at its cap when Redis went away
-// keeps its requests until they end). The caller holds s.mu.
-func (s *RedisStore) localAllowsLocked(st *backendState, capacity int, now time.Time) bool {
+// keeps its requests until they end). A token capacity is shared alike:
+// this replica's tokens stay within the same share of it. The caller holds
+// s.mu.
+func (s *RedisStore) localAllowsLocked(st *backendState, c Slot, now time.Time) bool {
 	own := st.own.Load() + int64(st.reserved)
+	ownTokens := st.ownTokens.Load() + st.reservedTokens
+	cost := int64(max(c.Tokens, 0))
 	t := s.tun()
 	if t.OnDown == FailOpen {
-		return own < int64(capacity)
+		return own < int64(c.Capacity) && fitsTokens(ownTokens, cost, int64(c.TokenCapacity))
 	}
-	if own >= int64(s.fleet.Load().share(st.name, capacity)) {
+	share := s.fleet.Load().share(st.name, c.Capacity)
+	if own >= int64(share) {
 		return false
 	}
-	return own+st.othersHeld(now, t.Lease) < int64(capacity)
+	if c.TokenCapacity > 0 && c.Capacity > 0 && !fitsTokens(ownTokens, cost, int64(c.TokenCapacity)*int64(share)/int64(c.Capacity)) {
+		return false
+	}
+	return own+st.othersHeld(now, t.Lease) < int64(c.Capacity)
+}
+
+// requestTokens is the token cost of the request the candidates are for.
+func requestTokens(candidates []Slot) int64 {
+	for _, c := range candidates {
+		if c.TokenCapacity > 0 {
+			return int64(max(c.Tokens, 0))
+		}
+	}
+	return 0
+}
+
+// leaseMember is the member of a new lease in its backend's sorted set: the
+// lease id and an attempt number, unique to this acquire, and, when the
+// request counts against token capacities, "#" and its token cost, so that
+// Redis can add up a backend's tokens in flight from its live leases alone
+// (they leave with the leases, expired or released).
+func (s *RedisStore) leaseMember(id string, tokens int64) string {
+	m := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
+	if tokens > 0 {
+		m += "#" + strconv.FormatInt(tokens, 10)
+	}
+	return m
 }
 
 // acquireLocal decides from local state, without I/O: while Redis is down, and
@@ -298,12 +343,15 @@ func (s *RedisStore) acquireLocal(id string, states []*backendState, candidates 
 		s.mu.Unlock()
 		return indexOf(states, h.backend)
 	}
+	cost := requestTokens(candidates)
 	for i, st := range states {
-		if s.localAllowsLocked(st, candidates[i].Capacity, now) {
-			member := id + ":" + strconv.FormatUint(s.attempts.Add(1), 36)
-			s.held[id] = &heldLease{backend: st, member: member, lease: t.Lease, expires: now.Add(t.Lease)}
+		if s.localAllowsLocked(st, candidates[i], now) {
+			member := s.leaseMember(id, cost)
+			s.held[id] = &heldLease{backend: st, member: member, tokens: cost, lease: t.Lease, expires: now.Add(t.Lease)}
 			st.own.Add(1)
 			st.fleet.Add(1)
+			st.ownTokens.Add(cost)
+			st.fleetTokens.Add(cost)
 			// Not in Redis yet: the background loop adds it as soon as Redis
 			// is usable, so that the fleet counts it. Set under the lock, so
 			// that a heartbeat never reports this replica in sync without it.

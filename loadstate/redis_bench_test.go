@@ -47,7 +47,7 @@ func (c commandCount) String() string {
 // goroutines and counts the Redis commands they cost, from INFO commandstats.
 func measureCommands(t testing.TB, env redisEnv, s *RedisStore, requests, workers int) commandCount {
 	ctx := context.Background()
-	cands := []Slot{{"x", 1 << 20}, {"y", 1 << 20}}
+	cands := []Slot{{Backend: "x", Capacity: 1 << 20}, {Backend: "y", Capacity: 1 << 20}}
 	run := func(n int, prefix string) {
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -135,7 +135,7 @@ func TestRedisCommandsPerRequest(t *testing.T) {
 
 func benchmarkAcquireRelease(b *testing.B, s Store, parallel bool) {
 	ctx := context.Background()
-	cands := []Slot{{"x", 1 << 30}, {"y", 1 << 30}}
+	cands := []Slot{{Backend: "x", Capacity: 1 << 30}, {Backend: "y", Capacity: 1 << 30}}
 	var seq atomic.Int64
 	one := func() {
 		id := "bench-" + fmt.Sprint(seq.Add(1))

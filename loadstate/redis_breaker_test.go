@@ -78,7 +78,7 @@ func TestRedisSlowReplyIsNotAnOutage(t *testing.T) {
 		})
 	}
 	const capacity = 3
-	x := Slot{"x", capacity}
+	x := Slot{Backend: "x", Capacity: capacity}
 
 	var inside, peak, admitted, failed atomic.Int64
 	var modes sync.Map // modes seen other than redis
@@ -178,7 +178,7 @@ func TestRedisInDoubtAcquireFindsItsLease(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		i, _ := s.Acquire(ctx, "req", []Slot{{"x", 1}, {"y", 1}})
+		i, _ := s.Acquire(ctx, "req", []Slot{{Backend: "x", Capacity: 1}, {Backend: "y", Capacity: 1}})
 		got <- i
 	}()
 	waitFor(t, 10*time.Second, "the first attempt to time out", func() bool { return s.Stats().Errors > errs })
@@ -218,7 +218,7 @@ func TestRedisInDoubtBudgetRunsOut(t *testing.T) {
 	// Shorter than breakerRounds timeouts: the budget ends before the breaker
 	// could open.
 	ctx, cancel := context.WithTimeout(context.Background(), timeout*3/2)
-	got, err := s.Acquire(ctx, "req", []Slot{{"x", 5}})
+	got, err := s.Acquire(ctx, "req", []Slot{{Backend: "x", Capacity: 5}})
 	cancel()
 	if got != -1 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("acquire with its budget run out = %d, %v; want -1 and the deadline", got, err)

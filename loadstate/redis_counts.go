@@ -27,6 +27,20 @@ func (s *RedisStore) Inflight(backend string) int {
 	return int(st.fleet.Load())
 }
 
+// Tokens implements Store, without I/O: the tokens in flight on backend
+// fleet-wide at the last acquire reply (adjusted by this replica's own since),
+// or while Redis is down this replica's own.
+func (s *RedisStore) Tokens(backend string) int {
+	st := (*s.backends.Load())[backend]
+	if st == nil {
+		return 0
+	}
+	if s.down.Load() {
+		return int(st.ownTokens.Load())
+	}
+	return int(max(st.fleetTokens.Load(), st.ownTokens.Load()))
+}
+
 // Snapshot implements Store: live lease counts from Redis, of every backend
 // any replica of the pool has used. While Redis is unusable it returns the
 // local estimate with an error wrapping ErrUnavailable.

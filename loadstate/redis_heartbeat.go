@@ -89,11 +89,16 @@ func (s *RedisStore) beat() error {
 	s.mu.Unlock()
 	keys := make([]string, 5+len(states))
 	keys[0], keys[1], keys[2], keys[3], keys[4] = s.epochKey, s.keys.replicas(), s.keys.replicaInfo(), s.keys.backends(), s.keys.replicaSync()
-	args := make([]any, 6+len(states))
+	args := make([]any, 6+2*len(states))
 	args[0], args[1], args[2], args[3], args[4], args[5] = s.opts.ReplicaID, s.info, t.leaseMs, mark, s.freshEpoch, s.channel
 	for i, st := range states {
 		keys[5+i] = st.key
 		args[6+i] = st.name
+		flag := "0" // whether to add up its tokens in flight
+		if st.tokenLimited.Load() {
+			flag = "1"
+		}
+		args[6+len(states)+i] = flag
 	}
 	confirmed := s.confirmedLeases(states)
 	start := time.Now()
@@ -129,6 +134,7 @@ func (s *RedisStore) beat() error {
 	trusted := s.trusted()
 	for i, st := range states {
 		st.fleet.Store(reply.counts[i])
+		st.fleetTokens.Store(reply.sums[i])
 		if trusted {
 			st.othersAt.Store(max(reply.counts[i]-st.own.Load(), 0))
 			st.contactAt.Store(now.UnixNano())
@@ -275,6 +281,7 @@ type heartbeatReply struct {
 	now    int64 // Redis time, ms
 	live   map[string]replicaBeat
 	counts []int64
+	sums   []int64 // tokens in flight, of the token-limited backends
 	dead   []string
 }
 
@@ -286,7 +293,7 @@ type replicaBeat struct {
 
 func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 	var r heartbeatReply
-	if len(raw) != 5 {
+	if len(raw) != 6 {
 		return r, fmt.Errorf("heartbeat script: reply of %d values", len(raw))
 	}
 	var ok bool
@@ -299,7 +306,8 @@ func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 	live, _ := raw[2].([]any)
 	counts, _ := raw[3].([]any)
 	dead, _ := raw[4].([]any)
-	if len(counts) != n || len(live)%3 != 0 {
+	sums, _ := raw[5].([]any)
+	if len(counts) != n || len(sums) != n || len(live)%3 != 0 {
 		return r, fmt.Errorf("heartbeat script: %d counts for %d backends, %d registry values", len(counts), n, len(live))
 	}
 	r.live = make(map[string]replicaBeat, len(live)/3)
@@ -316,6 +324,12 @@ func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 	for i, v := range counts {
 		if r.counts[i], ok = v.(int64); !ok {
 			return r, fmt.Errorf("heartbeat script: count of type %T", v)
+		}
+	}
+	r.sums = make([]int64, n)
+	for i, v := range sums {
+		if r.sums[i], ok = v.(int64); !ok {
+			return r, fmt.Errorf("heartbeat script: token sum of type %T", v)
 		}
 	}
 	for _, v := range dead {

@@ -32,13 +32,13 @@ func TestRedisLongOutageKeepsFleetAndShares(t *testing.T) {
 			return s.LiveReplicas() == 3 && s.Mode() == ModeRedis
 		})
 	}
-	x := Slot{"x", 3}
+	x := Slot{Backend: "x", Capacity: 3}
 
 	srv.Stop()
 	stopped := time.Now()
 	for _, s := range stores {
 		waitFor(t, 10*time.Second, "local mode", func() bool {
-			_, _ = s.Acquire(context.Background(), "probe", []Slot{{"unused", 0}})
+			_, _ = s.Acquire(context.Background(), "probe", []Slot{{Backend: "unused", Capacity: 0}})
 			return s.Mode() == ModeLocal
 		})
 	}
@@ -105,7 +105,7 @@ func TestRedisEpochNewOnEveryCreation(t *testing.T) {
 		t.Fatal(err)
 	}
 	b := newTestStore(t, standaloneEnv(srv), opts("b"))
-	x := Slot{"x", 2}
+	x := Slot{Backend: "x", Capacity: 2}
 	mustAcquire(t, a, "a1", []Slot{x}, 0)
 	mustAcquire(t, a, "a2", []Slot{x}, 0)
 	mustAcquire(t, b, "b-full", []Slot{x}, -1) // b's last contact: x full
@@ -150,7 +150,7 @@ func TestRedisLostLeasesDetected(t *testing.T) {
 		return RedisOptions{Pool: pool, ReplicaID: id, Lease: 10 * time.Second, Heartbeat: 100 * time.Millisecond}
 	}
 	a, b := newTestStore(t, standaloneEnv(srv), opts("a")), newTestStore(t, standaloneEnv(srv), opts("b"))
-	x := Slot{"x", 2}
+	x := Slot{Backend: "x", Capacity: 2}
 	mustAcquire(t, a, "a1", []Slot{x}, 0)
 	mustAcquire(t, a, "a2", []Slot{x}, 0)
 	mustAcquire(t, b, "b-full", []Slot{x}, -1)
@@ -174,7 +174,7 @@ func TestRedisLostLeasesDetected(t *testing.T) {
 	beats := a.Stats().Heartbeats
 	for i := 0; a.Stats().Heartbeats < beats+10; i++ {
 		id := fmt.Sprintf("r%d", i)
-		if got, err := a.Acquire(ctx, id, []Slot{{"y", 3}}); err == nil && got == 0 {
+		if got, err := a.Acquire(ctx, id, []Slot{{Backend: "y", Capacity: 3}}); err == nil && got == 0 {
 			mustRelease(t, a, id, "y")
 		}
 	}

@@ -22,8 +22,7 @@ func (s *RedisStore) Release(_ context.Context, id, backend string) error {
 	}
 	delete(s.held, id)
 	st := h.backend
-	st.own.Add(-1)
-	decrementFloor(&st.fleet)
+	st.dropLocked(h)
 	down := s.down.Load()
 	if h.inRedis {
 		s.queue = append(s.queue, pendingRelease{backend: st, member: h.member, until: now.Add(h.lease), notified: down})
@@ -258,8 +257,7 @@ func (s *RedisStore) expireLocal() {
 	for id, h := range s.held {
 		if now.After(h.expires) {
 			delete(s.held, id)
-			h.backend.own.Add(-1)
-			decrementFloor(&h.backend.fleet)
+			h.backend.dropLocked(h)
 			expired = append(expired, pendingRelease{backend: h.backend, member: h.member})
 			if h.inRedis {
 				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(h.lease), notified: true})

@@ -29,14 +29,19 @@ import (
 //	ARGV[5]    pub/sub channel
 //	ARGV[5+i]  capacity of the i-th candidate
 //	ARGV[5+n+i] name of the i-th candidate (for announcements)
+//	ARGV[5+2n+i] token capacity of the i-th candidate (0: none)
 //
 // It drops expired leases from every candidate (announcing the freed slots:
 // rare, as it takes a dead replica or a leak), returns the candidate already
 // holding this member if any, with its lease extended to a full one (a retry
 // of an attempt whose reply was lost: idempotent), else adds the member to the
-// first candidate whose live lease count is below its capacity. Reply:
-// {chosen index (0-based; -1 = none has room), epoch, count of each candidate}
-// or {-2, epoch} when the epoch differs from the trusted one (nothing taken).
+// first candidate whose live lease count is below its capacity and, with a
+// token capacity, whose live leases' tokens leave room for the member's (see
+// leaseMember: a member ending in "#<tokens>" carries them; a request alone on
+// a backend always fits). Reply: {chosen index (0-based; -1 = none has room),
+// epoch, count of each candidate, tokens in flight on each candidate (0
+// without a token capacity)} or {-2, epoch} when the epoch differs from the
+// trusted one (nothing taken).
 var acquireScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,8 +54,16 @@ if ARGV[3] ~= '' and epoch ~= ARGV[3] then
   return {-2, epoch}
 end
 local member, lease = ARGV[1], tonumber(ARGV[2])
+local function tokens(m)
+  local h = string.find(m, '#', 1, true)
+  if h then
+    return tonumber(string.sub(m, h + 1)) or 0
+  end
+  return 0
+end
+local cost = tokens(member)
 local n = #KEYS - 1
-local counts = {}
+local counts, sums = {}, {}
 local chosen = -1
 for i = 1, n do
   local key = KEYS[i + 1]
@@ -63,13 +76,23 @@ for i = 1, n do
     redis.call('PEXPIRE', key, 2 * lease)
   end
   counts[i] = redis.call('ZCARD', key)
+  sums[i] = 0
+  if tonumber(ARGV[5 + 2 * n + i]) > 0 then
+    for _, m in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      sums[i] = sums[i] + tokens(m)
+    end
+  end
 end
 if chosen < 0 then
   for i = 1, n do
-    if counts[i] < tonumber(ARGV[5 + i]) then
+    local tcap = tonumber(ARGV[5 + 2 * n + i])
+    if counts[i] < tonumber(ARGV[5 + i]) and (tcap <= 0 or sums[i] <= 0 or sums[i] + cost <= tcap) then
       redis.call('ZADD', KEYS[i + 1], now + lease, member)
       redis.call('PEXPIRE', KEYS[i + 1], 2 * lease)
       counts[i] = counts[i] + 1
+      if tcap > 0 then
+        sums[i] = sums[i] + cost
+      end
       chosen = i - 1
       break
     end
@@ -78,6 +101,7 @@ end
 local reply = {chosen, epoch}
 for i = 1, n do
   reply[i + 2] = counts[i]
+  reply[n + i + 2] = sums[i]
 end
 return reply
 `)
@@ -211,7 +235,8 @@ for i = 1, #beats, 2 do
   live[#live + 1] = tonumber(beats[i + 1])
   live[#live + 1] = redis.call('HGET', KEYS[5], beats[i]) or ''
 end
-local counts = {}
+local counts, sums = {}, {}
+local nb = #KEYS - 5
 for i = 6, #KEYS do
   local backend = ARGV[1 + i]
   if redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now) > 0 then
@@ -219,12 +244,21 @@ for i = 6, #KEYS do
     redis.call('PUBLISH', ARGV[6], backend .. '\0')
   end
   counts[i - 5] = redis.call('ZCARD', KEYS[i])
+  sums[i - 5] = 0
+  if ARGV[1 + i + nb] == '1' then
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do
+      local h = string.find(m, '#', 1, true)
+      if h then
+        sums[i - 5] = sums[i - 5] + (tonumber(string.sub(m, h + 1)) or 0)
+      end
+    end
+  end
   redis.call('SADD', KEYS[4], backend)
 end
 if #KEYS > 5 then
   redis.call('PEXPIRE', KEYS[4], 86400000)
 end
-return {epoch, now, live, counts, dead}
+return {epoch, now, live, counts, dead, sums}
 `)
 
 // replaceEpochScript gives the pool a new epoch when it still has the one the

@@ -191,6 +191,29 @@ type backendState struct {
 	othersAt  atomic.Int64 // other replicas' leases at the last trusted contact
 	contactAt atomic.Int64 // local Unix ns of that contact
 	reserved  int          // acquires in flight that passed the local share check; under mu
+
+	// Tokens in flight (token capacities): fleet-wide at the last acquire
+	// reply, adjusted by own changes since; this replica's own; and those
+	// reserved by acquires in flight (under mu).
+	fleetTokens, ownTokens atomic.Int64
+	reservedTokens         int64
+	tokenLimited           atomic.Bool // an acquire gave it a token capacity: heartbeats add up its tokens
+}
+
+// dropLocked takes a lease of this replica out of the backend's counts (its
+// release or expiry). The caller holds RedisStore.mu.
+func (b *backendState) dropLocked(h *heldLease) {
+	b.own.Add(-1)
+	decrementFloor(&b.fleet)
+	b.ownTokens.Add(-h.tokens)
+	if h.tokens > 0 {
+		for {
+			cur := b.fleetTokens.Load()
+			if b.fleetTokens.CompareAndSwap(cur, max(cur-h.tokens, 0)) {
+				break
+			}
+		}
+	}
 }
 
 // othersHeld is what other replicas held at the last trusted contact, counted
@@ -205,7 +228,8 @@ func (b *backendState) othersHeld(now time.Time, lease time.Duration) int64 {
 // heldLease is a slot this replica holds.
 type heldLease struct {
 	backend *backendState
-	member  string        // the lease's member in the sorted set: lease id and attempt number
+	member  string        // the lease's member in the sorted set: see leaseMember
+	tokens  int64         // its token cost (0 when no token capacity applies)
 	lease   time.Duration // its length: the store's lease when taken, or a longer one since
 	expires time.Time     // local clock; dropped after this unless renewed
 	inRedis bool          // may be in Redis: releasing it must remove it there
@@ -466,6 +490,7 @@ func (s *RedisStore) Close() error {
 		for id, h := range s.held {
 			delete(s.held, id)
 			h.backend.own.Add(-1)
+			h.backend.ownTokens.Add(-h.tokens)
 			if h.inRedis {
 				s.queue = append(s.queue, pendingRelease{backend: h.backend, member: h.member, until: now.Add(h.lease), notified: true})
 			}

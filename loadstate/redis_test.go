@@ -118,9 +118,9 @@ func TestRedisKeyLayout(t *testing.T) {
 	ctx := context.Background()
 	odd := "odd:name{x}"
 	for i := range 200 { // many requests, distinct ids: the key count must not grow with them
-		mustAcquire(t, s, fmt.Sprintf("req-%d", i), []Slot{{"gpu-1", 1000}, {odd, 1}}, 0)
+		mustAcquire(t, s, fmt.Sprintf("req-%d", i), []Slot{{Backend: "gpu-1", Capacity: 1000}, {Backend: odd, Capacity: 1}}, 0)
 	}
-	mustAcquire(t, s, "odd", []Slot{{odd, 1}}, 0)
+	mustAcquire(t, s, "odd", []Slot{{Backend: odd, Capacity: 1}}, 0)
 	waitFor(t, 5*time.Second, "a heartbeat with sketches", func() bool { return s.Stats().SketchSyncs > 0 })
 	keys, err := srv.Client().Keys(ctx, "*").Result()
 	if err != nil {
@@ -154,7 +154,7 @@ func TestRedisLeaseExpiryReclaimsDeadReplica(t *testing.T) {
 	}
 	a := newTestStore(t, env, opts("a"))
 	b := newTestStore(t, env, opts("b"))
-	x := Slot{"x", 3}
+	x := Slot{Backend: "x", Capacity: 3}
 	held := admitAll(t, a, "a", x)
 	if len(held) != 3 {
 		t.Fatalf("a took %d slots, want 3", len(held))
@@ -198,7 +198,7 @@ func TestRedisRestartEmptyResyncs(t *testing.T) {
 	}
 	a := newTestStore(t, env, opts("a"))
 	b := newTestStore(t, env, opts("b"))
-	x := Slot{"x", 4}
+	x := Slot{Backend: "x", Capacity: 4}
 	mustAcquire(t, a, "a1", []Slot{x}, 0)
 	mustAcquire(t, a, "a2", []Slot{x}, 0)
 	mustAcquire(t, b, "b1", []Slot{x}, 0)
@@ -212,7 +212,7 @@ func TestRedisRestartEmptyResyncs(t *testing.T) {
 	srv.Stop() // SHUTDOWN NOSAVE: everything in Redis is gone
 	for i := range 20 {
 		// Requests keep being answered, without errors, while Redis is away.
-		if _, err := a.Acquire(context.Background(), fmt.Sprintf("down%d", i), []Slot{{"other", 0}}); err != nil {
+		if _, err := a.Acquire(context.Background(), fmt.Sprintf("down%d", i), []Slot{{Backend: "other", Capacity: 0}}); err != nil {
 			t.Fatalf("acquire while redis is down: %v", err)
 		}
 	}
@@ -261,7 +261,7 @@ func TestRedisPauseServesLocalShares(t *testing.T) {
 	}
 	a := newTestStore(t, env, opts("a", zap.New(logs)))
 	b := newTestStore(t, env, opts("b", nil))
-	x, y := Slot{"x", 4}, Slot{"y", 5}
+	x, y := Slot{Backend: "x", Capacity: 4}, Slot{Backend: "y", Capacity: 5}
 	for _, s := range []Store{a, b} {
 		mustAcquire(t, s, "warm", []Slot{x, y}, 0)
 		mustRelease(t, s, "warm", "x")
@@ -345,11 +345,11 @@ func TestRedisFailClosedAndOpen(t *testing.T) {
 	}
 	closed := newTestStore(t, env, opts("closed", FailClosed))
 	open := newTestStore(t, env, opts("open", FailOpen))
-	x := Slot{"x", 3}
+	x := Slot{Backend: "x", Capacity: 3}
 	mustAcquire(t, closed, "held", []Slot{x}, 0)
 	mustRelease(t, closed, "held", "x")
 	mustAcquire(t, closed, "held", []Slot{x}, 0)
-	mustAcquire(t, open, "warm", []Slot{{"z", 1}}, 0)
+	mustAcquire(t, open, "warm", []Slot{{Backend: "z", Capacity: 1}}, 0)
 	waitFor(t, 5*time.Second, "two live replicas", func() bool { return open.LiveReplicas() == 2 && closed.LiveReplicas() == 2 })
 
 	over := srv.PauseWatch(5 * time.Second)
@@ -362,7 +362,7 @@ func TestRedisFailClosedAndOpen(t *testing.T) {
 
 	// fail_open: the full capacity on this replica alone, although 2 replicas
 	// are alive and the other (closed) holds one.
-	ids := admitAll(t, open, "o", Slot{"y", 3})
+	ids := admitAll(t, open, "o", Slot{Backend: "y", Capacity: 3})
 	if len(ids) != 3 {
 		t.Errorf("fail_open admitted %d of capacity 3", len(ids))
 	}
@@ -496,7 +496,7 @@ func TestRedisRenewKeepsLease(t *testing.T) {
 		return RedisOptions{Pool: pool, ReplicaID: id, Lease: lease, Heartbeat: 100 * time.Millisecond}
 	}
 	a, b := newTestStore(t, env, opts("a")), newTestStore(t, env, opts("b"))
-	x := Slot{"x", 1}
+	x := Slot{Backend: "x", Capacity: 1}
 	mustAcquire(t, a, "stream", []Slot{x}, 0)
 	until := time.Now().Add(3 * lease)
 	for time.Now().Before(until) {
@@ -536,7 +536,7 @@ func TestRedisTimedOutAcquireIsCleanedUp(t *testing.T) {
 	key := s.keys.lease("x")
 
 	proxy.SetReplyDelay(time.Second)
-	mustAcquire(t, s, "req", []Slot{{"x", 5}}, 0) // decided locally after the timeout
+	mustAcquire(t, s, "req", []Slot{{Backend: "x", Capacity: 5}}, 0) // decided locally after the timeout
 	if s.Mode() != ModeLocal {
 		t.Fatalf("mode after a timed-out acquire = %q", s.Mode())
 	}
@@ -570,7 +570,7 @@ func TestRedisStartsWhileDown(t *testing.T) {
 	if s.Mode() != ModeLocal {
 		t.Fatalf("mode = %q, want local", s.Mode())
 	}
-	mustAcquire(t, s, "r", []Slot{{"x", 2}}, 0)
+	mustAcquire(t, s, "r", []Slot{{Backend: "x", Capacity: 2}}, 0)
 	srv.Restart()
 	waitFor(t, 15*time.Second, "redis mode", func() bool { return s.Mode() == ModeRedis })
 	waitFor(t, 5*time.Second, "the local lease in redis", snapshotIs(s, map[string]int{"x": 1}))
@@ -592,7 +592,7 @@ func TestRedisOutageBoundLongStreams(t *testing.T) {
 		return RedisOptions{Pool: pool, ReplicaID: id, Lease: lease, Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond}
 	}
 	a, b := newTestStore(t, env, opts("a")), newTestStore(t, env, opts("b"))
-	x := Slot{"x", 4}
+	x := Slot{Backend: "x", Capacity: 4}
 	streams := admitAll(t, a, "a", x) // a holds all 4: long streams
 	waitFor(t, 5*time.Second, "two live replicas", func() bool { return a.LiveReplicas() == 2 && b.LiveReplicas() == 2 })
 	mustAcquire(t, b, "b-probe", []Slot{x}, -1) // b's last contact: 4 held by others
@@ -645,7 +645,7 @@ func TestRedisOutageBoundStaleContact(t *testing.T) {
 		return RedisOptions{Pool: pool, ReplicaID: id, Lease: 10 * time.Second, Heartbeat: 2 * time.Second, Timeout: 100 * time.Millisecond}
 	}
 	a, b := newTestStore(t, env, opts("a")), newTestStore(t, env, opts("b"))
-	x := Slot{"x", 4}
+	x := Slot{Backend: "x", Capacity: 4}
 	for _, s := range []Store{a, b} {
 		mustAcquire(t, s, "warm", []Slot{x}, 0)
 		mustRelease(t, s, "warm", "x")
@@ -675,7 +675,7 @@ func TestRedisRenewRacingRelease(t *testing.T) {
 	srv := redistest.Start(t)
 	s := newTestStore(t, standaloneEnv(srv), RedisOptions{Pool: newTestPool(), Lease: 30 * time.Second, Heartbeat: 100 * time.Millisecond})
 	ctx := context.Background()
-	x := Slot{"x", 1000}
+	x := Slot{Backend: "x", Capacity: 1000}
 	var wg sync.WaitGroup
 	for i := range 300 {
 		id := fmt.Sprintf("r%d", i)

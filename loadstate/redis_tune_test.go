@@ -27,7 +27,7 @@ func TestRedisTuneAppliesLive(t *testing.T) {
 	t.Cleanup(func() { _ = s.Close() })
 	waitFor(t, 10*time.Second, "redis mode", func() bool { return s.Mode() == ModeRedis })
 	ctx := context.Background()
-	x := Slot{"x", 5}
+	x := Slot{Backend: "x", Capacity: 5}
 	mustAcquire(t, s, "held", []Slot{x}, 0)
 	key := s.keys.lease("x")
 	direct := srv.Client()

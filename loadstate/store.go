@@ -12,6 +12,17 @@ import (
 type Slot struct {
 	Backend  string // backend name, from configuration
 	Capacity int    // max_inflight
+	// Tokens is the request's token cost (prompt estimate + output tokens);
+	// TokenCapacity, when positive, bounds the sum of the costs in flight
+	// on the backend (max_tokens_inflight). A request whose cost alone is
+	// over TokenCapacity is admitted only while no tokens are in flight.
+	Tokens, TokenCapacity int
+}
+
+// fitsTokens reports whether a request of cost tokens fits next to inUse
+// tokens under capacity (see Slot).
+func fitsTokens(inUse, cost, capacity int64) bool {
+	return capacity <= 0 || inUse <= 0 || inUse+cost <= capacity
 }
 
 // Store is where in-flight load lives. Implementations must be safe for
@@ -39,6 +50,10 @@ type Store interface {
 	// in-flight count without blocking on I/O. Stores that share state refresh
 	// the view from every Acquire reply.
 	Inflight(backend string) int
+
+	// Tokens returns this replica's view of the token costs in flight on a
+	// backend (see Slot), without blocking on I/O.
+	Tokens(backend string) int
 
 	// Snapshot returns the authoritative in-flight count of every backend that
 	// has any.
