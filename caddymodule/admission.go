@@ -448,13 +448,15 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 			continue
 		}
 		b := &h.backends[c.Index]
+		probe := false
 		if rt.sc.probe[c.Index] {
 			if !h.health.TryProbe(b.Name, t, rt.alone) {
 				continue // another request is this backend's probe
 			}
 			claimed = append(claimed, c.Index)
+			probe = true
 		}
-		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight}
+		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight, Probe: probe}
 		if b.MaxTokensInflight > 0 {
 			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
 		}

@@ -130,6 +130,9 @@ type Handler struct {
 	storeKey  string
 	sketches  *loadstate.Sketches
 	learner   *loadstate.Learner
+	// healthSharer shares passive health with the other replicas (the Redis
+	// store); nil for a replica alone.
+	healthSharer loadstate.HealthSharer
 	// upstreams lists each backend's distinct upstream model names.
 	upstreams [][]string
 	queue     *loadstate.WaitQueue

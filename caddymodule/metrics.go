@@ -179,7 +179,7 @@ var (
 	replicasDesc = prometheus.NewDesc(namespace+"_live_replicas",
 		"Gateway replicas of the pool that heartbeat into Redis.", []string{"pool"}, nil)
 	redisCallsDesc = prometheus.NewDesc(namespace+"_redis_calls_total",
-		"Redis round trips by purpose: acquire (the one per request), release (batched), renew, heartbeat, sketch_sync, resync, snapshot; also errors, trips to local mode, freed-slot notices received over pub/sub (wakeup_received) and acquires decided locally while Redis was down (local_decision).",
+		"Redis round trips by purpose: acquire (the one per request), release (batched), renew, heartbeat, sketch_sync, resync, snapshot; also errors, trips to local mode, freed-slot notices received over pub/sub (wakeup_received), acquires decided locally while Redis was down (local_decision), acquires retried with the same lease after a lost reply (in_doubt_retry), heartbeats that found leases missing (lost_leases) and passive-health news received from other replicas (health_received).",
 		[]string{"pool", "kind"}, nil)
 )
 
@@ -217,6 +217,8 @@ func (storeCollector) Collect(ch chan<- prometheus.Metric) {
 			"heartbeat": st.Heartbeats, "sketch_sync": st.SketchSyncs, "resync": st.Resyncs,
 			"snapshot": st.Snapshots, "error": st.Errors, "trip": st.Trips,
 			"wakeup_received": st.Wakeups, "local_decision": st.LocalDecisions,
+			"in_doubt_retry": st.InDoubtRetries, "lost_leases": st.LostLeases,
+			"health_received": st.HealthReceived,
 		} {
 			ch <- prometheus.MustNewConstMetric(redisCallsDesc, prometheus.CounterValue, float64(n), ps.pool, kind)
 		}

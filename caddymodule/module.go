@@ -157,6 +157,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionStore(ctx); err != nil {
 		return err
 	}
+	if hs, ok := h.store.(loadstate.HealthSharer); ok {
+		// Other replicas' evidence feeds this pool's breakers as if it were
+		// this replica's own.
+		h.healthSharer = hs
+		health := h.health
+		hs.SetHealthSink(func(ev loadstate.HealthEvent) {
+			health.Record(ev.Backend, ev.Outcome, now(), ev.Probe, ev.RetryAfter)
+		})
+	}
 	h.learned = new(learnedCache)
 	h.upstreams = make([][]string, len(h.backends))
 	for i, bc := range h.Backends {

@@ -44,7 +44,10 @@ func (rt *routing) observeAttempt(backend int, aw *attemptWriter, o engine.Outco
 	if o == engine.OutcomeRateLimited {
 		retryAfter = aw.retryAfter()
 	}
-	h.health.Record(name, o, t, rt.lease.probe, retryAfter)
+	if h.health.Record(name, o, t, rt.lease.probe, retryAfter) && h.healthSharer != nil {
+		// News for the other replicas' breakers, sent with the next release.
+		h.healthSharer.ShareHealth(loadstate.HealthEvent{Backend: name, Outcome: o, Probe: rt.lease.probe, RetryAfter: retryAfter})
+	}
 	rt.lease.probe = false
 	bm := h.bmetrics[backend]
 	bm.outcome(h.metrics, o)

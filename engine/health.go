@@ -190,17 +190,19 @@ func (h *Health) EndProbe(backend string) {
 // Record feeds the outcome of one attempt on backend, ended at now. probe
 // says whether the attempt was the backend's claimed probe (it is ended).
 // retryAfter is the backend's Retry-After for OutcomeRateLimited (0 when it
-// sent none).
-func (h *Health) Record(backend string, o Outcome, now time.Time, probe bool, retryAfter time.Duration) {
+// sent none). It reports whether the outcome was news to the breaker (it
+// counted against the backend, or cleared state it had): what other
+// replicas sharing the backend need to hear.
+func (h *Health) Record(backend string, o Outcome, now time.Time, probe bool, retryAfter time.Duration) bool {
 	if o == OutcomeSuccess && !probe && h.tracked.Load() == 0 {
-		return // the common case: healthy stays healthy, no lock
+		return false // the common case: healthy stays healthy, no lock
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st := h.state[backend]
 	if st == nil {
 		if o == OutcomeSuccess || !o.AgainstBackend() {
-			return
+			return false
 		}
 		st = new(healthState)
 		h.state[backend] = st
@@ -238,6 +240,7 @@ func (h *Health) Record(backend string, o Outcome, now time.Time, probe bool, re
 		delete(h.state, backend)
 		h.tracked.Store(int64(len(h.state)))
 	}
+	return o.AgainstBackend() || o == OutcomeSuccess
 }
 
 // State reports backend's state at now and, for cooling_down and

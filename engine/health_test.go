@@ -269,3 +269,23 @@ func TestStatusOutcome(t *testing.T) {
 		t.Errorf("OutcomeNames has %d names for %d outcomes", len(OutcomeNames()), len(table))
 	}
 }
+
+// TestHealthRecordReportsNews: what other replicas need to hear — failures,
+// rate limits, and a success that clears state — is reported; the usual
+// success of a healthy backend and client-side outcomes are not.
+func TestHealthRecordReportsNews(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	h := NewHealth(3, time.Second)
+	for _, tt := range []struct {
+		o    Outcome
+		want bool
+	}{
+		{OutcomeSuccess, false}, {OutcomeClientGone, false}, {OutcomeClientError, false},
+		{OutcomeFailed, true}, {OutcomeClientGone, false}, {OutcomeSuccess, true}, {OutcomeSuccess, false},
+		{OutcomeRateLimited, true}, {OutcomeBroken, true},
+	} {
+		if got := h.Record("a", tt.o, t0, false, 0); got != tt.want {
+			t.Errorf("Record(%v) = %v, want %v", tt.o, got, tt.want)
+		}
+	}
+}

@@ -86,8 +86,8 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	// cleanup after giving up can never remove another acquisition.
 	member := s.leaseMember(id, cost)
 	trustedEpoch := *s.epoch.Load()
-	keys := make([]string, 1+n)
-	args := make([]any, 5+3*n)
+	keys := make([]string, 2+n)
+	args := make([]any, 5+4*n)
 	keys[0] = s.epochKey
 	args[0], args[1], args[2], args[3], args[4] = member, t.leaseMs, trustedEpoch, s.freshArg, s.chanArg
 	for i, c := range candidates {
@@ -99,7 +99,13 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		args[5+i] = capacity
 		args[5+n+i] = states[i].nameArg
 		args[5+2*n+i] = max(c.TokenCapacity, 0)
+		probe := "0"
+		if c.Probe {
+			probe = "1"
+		}
+		args[5+3*n+i] = probe
 	}
+	keys[1+n] = s.keys.probes()
 
 	var reply acquireReply
 	var err error

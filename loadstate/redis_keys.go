@@ -64,6 +64,10 @@ func (k keyspace) sketch(backend string, m Metric) string {
 // (latency models, error rates, output lengths; see Learner).
 func (k keyspace) learned() string { return k.base + "learned" }
 
+// probes is the hash of backend → "<lease member>|<expiry ms>": the half-open
+// probe a replica holds on that backend (one at a time, fleet-wide).
+func (k keyspace) probes() string { return k.base + "probes" }
+
 // released is the pub/sub channel on which freed slots are announced.
 func (k keyspace) released() string { return k.base + "released" }
 

@@ -129,20 +129,23 @@ func (s *RedisStore) flushReleases() bool {
 			}
 		}
 		s.queue = append(s.queue[:0], s.queue[taken:]...)
+		events := s.healthQueue
+		s.healthQueue = nil
 		s.mu.Unlock()
-		if len(batch) == 0 {
+		if len(batch) == 0 && len(events) == 0 {
 			return true
 		}
 
 		n := len(batch)
-		keys := make([]string, n)
-		args := make([]any, 2+2*n)
-		args[0], args[1] = s.chanArg, s.opts.ReplicaID
+		keys := make([]string, n+1)
+		args := make([]any, 3+2*n)
+		args[0], args[1], args[2] = s.chanArg, s.opts.ReplicaID, encodeHealthEvents(events)
 		for i, r := range batch {
 			keys[i] = r.backend.key
-			args[2+i] = r.member
-			args[2+n+i] = r.backend.nameArg
+			args[3+i] = r.member
+			args[3+n+i] = r.backend.nameArg
 		}
+		keys[n] = s.keys.probes()
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
 		res, err := releaseScript.Run(ctx, s.client, keys, args...).Int64Slice()
@@ -157,6 +160,7 @@ func (s *RedisStore) flushReleases() bool {
 			for i := range batch {
 				s.queue[i].notified = true
 			}
+			// Health news is current or worthless: not kept for later.
 			s.mu.Unlock()
 			s.notifyReleased(batch)
 			s.callFailed("release", start, err)
@@ -278,6 +282,13 @@ func (s *RedisStore) expireLocal() {
 func (s *RedisStore) listen() {
 	defer close(s.listenDone)
 	for msg := range s.pubsub.Channel() {
+		if rest, ok := strings.CutPrefix(msg.Payload, "\x01"); ok {
+			origin, events, _ := strings.Cut(rest, "\x00")
+			if origin != s.opts.ReplicaID {
+				s.deliverHealth(events)
+			}
+			continue
+		}
 		backend, origin, _ := strings.Cut(msg.Payload, "\x00")
 		if origin == s.opts.ReplicaID {
 			continue

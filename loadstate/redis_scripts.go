@@ -30,6 +30,14 @@ import (
 //	ARGV[5+i]  capacity of the i-th candidate
 //	ARGV[5+n+i] name of the i-th candidate (for announcements)
 //	ARGV[5+2n+i] token capacity of the i-th candidate (0: none)
+//	ARGV[5+3n+i] "1" when the i-th candidate may only be taken as its
+//	           half-open breaker's probe
+//	KEYS[n+2]  the pool's probe claims (hash: backend → member|expiry ms)
+//
+// A probe candidate is taken only if no live claim on it exists, and taking
+// it claims it (the release of the lease gives the claim back; a crashed
+// replica's claim expires with its lease): one probe per backend at a time,
+// fleet-wide.
 //
 // It drops expired leases from every candidate (announcing the freed slots:
 // rare, as it takes a dead replica or a leak), returns the candidate already
@@ -62,7 +70,8 @@ local function tokens(m)
   return 0
 end
 local cost = tokens(member)
-local n = #KEYS - 1
+local n = #KEYS - 2
+local probes = KEYS[n + 2]
 local counts, sums = {}, {}
 local chosen = -1
 for i = 1, n do
@@ -86,12 +95,25 @@ end
 if chosen < 0 then
   for i = 1, n do
     local tcap = tonumber(ARGV[5 + 2 * n + i])
-    if counts[i] < tonumber(ARGV[5 + i]) and (tcap <= 0 or sums[i] <= 0 or sums[i] + cost <= tcap) then
+    local probe = ARGV[5 + 3 * n + i] == '1'
+    local ok = counts[i] < tonumber(ARGV[5 + i]) and (tcap <= 0 or sums[i] <= 0 or sums[i] + cost <= tcap)
+    if ok and probe then
+      local claim = redis.call('HGET', probes, ARGV[5 + n + i])
+      if claim then
+        local bar = string.find(claim, '|', 1, true)
+        ok = not bar or (tonumber(string.sub(claim, bar + 1)) or 0) <= now
+      end
+    end
+    if ok then
       redis.call('ZADD', KEYS[i + 1], now + lease, member)
       redis.call('PEXPIRE', KEYS[i + 1], 2 * lease)
       counts[i] = counts[i] + 1
       if tcap > 0 then
         sums[i] = sums[i] + cost
+      end
+      if probe then
+        redis.call('HSET', probes, ARGV[5 + n + i], member .. '|' .. (now + lease))
+        redis.call('PEXPIRE', probes, 86400000)
       end
       chosen = i - 1
       break
@@ -106,28 +128,43 @@ end
 return reply
 `)
 
-// releaseScript removes a batch of leases and announces freed slots.
+// releaseScript removes a batch of leases, gives back the half-open probes
+// they held, announces freed slots, and shares this replica's passive-health
+// news (see HealthEvent) in the same round trip.
 //
-//	KEYS[i]     lease set of the i-th lease
+//	KEYS[i]     lease set of the i-th lease (i = 1..n)
+//	KEYS[n+1]   the pool's probe claims (hash: backend → member|expiry ms)
 //	ARGV[1]     pub/sub channel
 //	ARGV[2]     this replica's id (appended to each announcement)
-//	ARGV[2+i]   member of the i-th lease
-//	ARGV[2+n+i] backend name of the i-th lease
+//	ARGV[3]     encoded health events ("" for none)
+//	ARGV[3+i]   member of the i-th lease
+//	ARGV[3+n+i] backend name of the i-th lease
 //
 // Each backend that lost at least one lease is published once, as
-// "<backend>\0<replica id>". Reply: {leases removed, announcements}.
+// "<backend>\0<replica id>"; the health events as "\1<replica id>\0<events>".
+// Reply: {leases removed, announcements}.
 var releaseScript = redis.NewScript(`
-local n = #KEYS
+local n = #KEYS - 1
+local probes = KEYS[n + 1]
 local removed, published = 0, 0
 local freed = {}
 for i = 1, n do
-  if redis.call('ZREM', KEYS[i], ARGV[2 + i]) == 1 then
+  local member, backend = ARGV[3 + i], ARGV[3 + n + i]
+  if redis.call('ZREM', KEYS[i], member) == 1 then
     removed = removed + 1
-    freed[ARGV[2 + n + i]] = true
+    freed[backend] = true
+  end
+  local claim = redis.call('HGET', probes, backend)
+  if claim and string.sub(claim, 1, #member + 1) == member .. '|' then
+    redis.call('HDEL', probes, backend)
   end
 end
 for backend in pairs(freed) do
   redis.call('PUBLISH', ARGV[1], backend .. '\0' .. ARGV[2])
+  published = published + 1
+end
+if ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[1], '\1' .. ARGV[2] .. '\0' .. ARGV[3])
   published = published + 1
 end
 return {removed, published}

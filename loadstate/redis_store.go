@@ -149,6 +149,9 @@ type RedisStore struct {
 	watchers watchers
 	stats    redisCounters
 
+	healthQueue []HealthEvent // news for the next release batch; under mu
+	healthSink  healthSinkPtr
+
 	wake       chan struct{}
 	stop       chan struct{}
 	done       chan struct{}
@@ -252,7 +255,7 @@ type pendingRelease struct {
 type redisCounters struct {
 	hotPathCalls, localDecisions, releases, releasedLeases, renewals, resyncs,
 	resyncedLeases, heartbeats, sketchSyncs, snapshots, publishes, wakeups,
-	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries atomic.Uint64
+	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries, healthReceived atomic.Uint64
 }
 
 // RedisStats counts what a RedisStore did. Request-path calls, background
@@ -277,8 +280,9 @@ type RedisStats struct {
 	SketchSyncs    uint64 // latency sketch exchanges (one pipeline each)
 
 	// Pub/sub.
-	Publishes uint64 // PUBLISH run by the release script (freed slots announced)
-	Wakeups   uint64 // announcements received from other replicas
+	Publishes      uint64 // PUBLISH run by the release script (freed slots and health news announced)
+	Wakeups        uint64 // announcements received from other replicas
+	HealthReceived uint64 // passive-health news received from other replicas
 
 	Errors        uint64 // failed Redis calls
 	Trips         uint64 // switches from Redis to local state
@@ -462,6 +466,7 @@ func (s *RedisStore) Stats() RedisStats {
 		DataLosses:     c.dataLosses.Load(),
 		ExpiredLeases:  c.expiredLeases.Load(),
 		InDoubtRetries: c.inDoubtRetries.Load(),
+		HealthReceived: c.healthReceived.Load(),
 		LostLeases:     c.lostLeases.Load(),
 	}
 }

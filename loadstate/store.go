@@ -17,6 +17,10 @@ type Slot struct {
 	// on the backend (max_tokens_inflight). A request whose cost alone is
 	// over TokenCapacity is admitted only while no tokens are in flight.
 	Tokens, TokenCapacity int
+	// Probe: the candidate may only be taken as its half-open breaker's
+	// probe. A shared store lets one request at a time, fleet-wide, be a
+	// backend's probe (engine.Health does it for one replica).
+	Probe bool
 }
 
 // fitsTokens reports whether a request of cost tokens fits next to inUse

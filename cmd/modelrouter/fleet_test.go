@@ -30,8 +30,10 @@ type stub struct {
 	srv       *httptest.Server
 	cur, peak atomic.Int64
 	served    atomic.Int64
+	total     atomic.Int64 // requests that arrived
 	delay     atomic.Int64 // nanoseconds each request takes
 	hold      atomic.Bool  // when set, requests stay until the client goes
+	fail      atomic.Int32 // when set, the status every request gets at once
 }
 
 func newStub(t *testing.T, delay time.Duration) *stub {
@@ -39,6 +41,11 @@ func newStub(t *testing.T, delay time.Duration) *stub {
 	s.delay.Store(int64(delay))
 	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
+		s.total.Add(1)
+		if code := s.fail.Load(); code != 0 {
+			w.WriteHeader(int(code))
+			return
+		}
 		n := s.cur.Add(1)
 		defer s.cur.Add(-1)
 		for {
@@ -66,10 +73,11 @@ func newStub(t *testing.T, delay time.Duration) *stub {
 
 // gateway is one replica: the modelrouter binary as its own process.
 type gateway struct {
-	cmd  *exec.Cmd
-	base string
-	logs *syncBuffer
-	done chan struct{}
+	cmd   *exec.Cmd
+	base  string
+	admin string // admin endpoint base URL; "" when off
+	logs  *syncBuffer
+	done  chan struct{}
 }
 
 type syncBuffer struct {
@@ -94,13 +102,33 @@ type fleetBackend struct {
 	cap  int
 }
 
-func startGateway(t *testing.T, redisURL string, backends []fleetBackend) *gateway {
+// fleetOptions are what a fleet test changes in its replicas' config.
+type fleetOptions struct {
+	admin  bool     // an admin endpoint (metrics) on a free port
+	router []string // extra model_router lines
+}
+
+func startGateway(t *testing.T, redisURL string, backends []fleetBackend, opts ...fleetOptions) *gateway {
 	t.Helper()
+	var o fleetOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	dir := t.TempDir()
 	port := freePort(t)
+	admin := "off"
+	adminBase := ""
+	if o.admin {
+		ap := freePort(t)
+		admin = "127.0.0.1:" + ap
+		adminBase = "http://127.0.0.1:" + ap
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "{\n\tadmin off\n\tpersist_config off\n}\nhttp://127.0.0.1:%s {\n\tmodel_router {\n", port)
+	fmt.Fprintf(&b, "{\n\tadmin %s\n\tpersist_config off\n\tmetrics\n}\nhttp://127.0.0.1:%s {\n\tmodel_router {\n", admin, port)
 	fmt.Fprintf(&b, "\t\tstrategy least_load\n\t\tpool fleet\n\t\tmax_wait 15s\n\t\tmax_queue 2000\n")
+	for _, line := range o.router {
+		fmt.Fprintf(&b, "\t\t%s\n", line)
+	}
 	fmt.Fprintf(&b, "\t\tredis %s {\n\t\t\tlease %s\n\t\t\theartbeat 200ms\n\t\t\ttimeout 50ms\n\t\t}\n", redisURL, fleetLease)
 	for i, be := range backends {
 		fmt.Fprintf(&b, "\t\tbackend b%d %s {\n\t\t\tmodels m\n\t\t\tmax_inflight %d\n\t\t}\n", i, be.stub.srv.URL, be.cap)
@@ -110,7 +138,7 @@ func startGateway(t *testing.T, redisURL string, backends []fleetBackend) *gatew
 	if err := os.WriteFile(config, []byte(b.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g := &gateway{base: "http://127.0.0.1:" + port, logs: &syncBuffer{}, done: make(chan struct{})}
+	g := &gateway{base: "http://127.0.0.1:" + port, admin: adminBase, logs: &syncBuffer{}, done: make(chan struct{})}
 	g.cmd = exec.Command(gatewayBin, "run", "--config", config)
 	g.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 	g.cmd.Stdout, g.cmd.Stderr = g.logs, g.logs
@@ -166,10 +194,10 @@ func (g *gateway) chat(ctx context.Context) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func startFleet(t *testing.T, srv *redistest.Server, backends []fleetBackend, n int) []*gateway {
+func startFleet(t *testing.T, srv *redistest.Server, backends []fleetBackend, n int, opts ...fleetOptions) []*gateway {
 	gws := make([]*gateway, n)
 	for i := range gws {
-		gws[i] = startGateway(t, srv.URL(), backends)
+		gws[i] = startGateway(t, srv.URL(), backends, opts...)
 	}
 	waitFleetInSync(t, srv, n)
 	return gws
@@ -482,4 +510,57 @@ func TestFleetRedisPaused(t *testing.T) {
 	// CLIENT UNPAUSE would itself wait behind the pause; let it run out.
 	<-over
 	waitFor(t, "every lease released", 10*time.Second, func() bool { return leaseCount(t, srv) == 0 })
+}
+
+// metric reads one series of a replica's /metrics (admin endpoint) by its
+// full name with labels, e.g. `model_router_redis_calls_total{kind="health_received",pool="fleet"}`;
+// 0 when absent.
+func (g *gateway) metric(t *testing.T, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(g.admin + "/metrics")
+	if err != nil {
+		t.Fatalf("scraping %s: %v", g.admin, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return 0
+}
+
+// TestFleetSharesPassiveHealth: failures one replica sees put the backend in
+// cooldown on every replica: once replica 1 has heard replica 0's evidence,
+// none of its requests tries the failing backend, though it never saw it fail.
+func TestFleetSharesPassiveHealth(t *testing.T) {
+	srv := redistest.Start(t)
+	bad, good := newStub(t, 5*time.Millisecond), newStub(t, 5*time.Millisecond)
+	gws := startFleet(t, srv, []fleetBackend{{bad, 8}, {good, 8}}, 2,
+		fleetOptions{admin: true, router: []string{"max_fails 2", "fail_cooldown 1m", "retries 1"}})
+	bad.fail.Store(http.StatusServiceUnavailable)
+	// Through replica 0 until bad has failed twice there (each request is
+	// retried on good, so clients see no error).
+	for bad.total.Load() < 2 {
+		if code, err := gws[0].chat(context.Background()); err != nil || code != 200 {
+			t.Fatalf("replica 0: status %d err %v", code, err)
+		}
+	}
+	const heard = `model_router_redis_calls_total{kind="health_received",pool="fleet"}`
+	waitFor(t, "replica 1 to hear of both failures", 10*time.Second, func() bool { return gws[1].metric(t, heard) >= 2 })
+	before := bad.total.Load()
+	for i := range 10 {
+		if code, err := gws[1].chat(context.Background()); err != nil || code != 200 {
+			t.Fatalf("replica 1, request %d: status %d err %v", i, code, err)
+		}
+	}
+	if n := bad.total.Load() - before; n != 0 {
+		t.Fatalf("replica 1 sent %d requests to the backend replica 0 found failing", n)
+	}
+	if n := good.served.Load(); n < 10 {
+		t.Fatalf("the healthy backend served %d", n)
+	}
 }
