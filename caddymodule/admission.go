@@ -18,19 +18,17 @@ import (
 // renewTimeout bounds one lease renewal of a long request.
 const renewTimeout = 2 * time.Second
 
-// waitPoll is how often a waiting request re-checks for room without a wake-up:
-// the safety net for wake-ups lost between a failed acquire and joining the queue,
-// and for slots freed by other replicas when their notices are late.
-const waitPoll = 100 * time.Millisecond
-
 // scratch holds per-request buffers, reused across requests.
 type scratch struct {
 	loads   []engine.Load
 	probe   []bool // probe[i]: backend i may take this request only as its breaker's probe
 	cands   []engine.Candidate
+	try     []int // a plan's candidates
 	slots   []loadstate.Slot
 	idx     []int
 	claimed []int // probes claimed for one acquire
+	scores  []float64
+	assign  []engine.Candidate
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -56,6 +54,9 @@ type routing struct {
 	// logging); decision holds the ranking the slot was taken from.
 	explain  bool
 	decision []engine.Candidate
+	// class is the request's priority class (index into the priorities,
+	// 0 the highest).
+	class int
 }
 
 // lease is a held slot; release is idempotent.
@@ -216,7 +217,9 @@ func (rt *routing) unhealthy() *apiError {
 }
 
 // acquire takes a slot on the best candidate with room, waiting in the queue
-// (bounded by MaxQueue and MaxWait) when every candidate is full.
+// (bounded by MaxQueue and MaxWait) when every candidate is full: see
+// loadstate.Admission, which this feeds with the request's plans (plan) and
+// store slots (slots, settle).
 //
 // A predictive strategy may rank first a full backend that the request is
 // predicted to finish sooner on by waiting for it (see engine.Strategy.Rank):
@@ -226,114 +229,124 @@ func (rt *routing) unhealthy() *apiError {
 // takes the best backend with room, or waits for any.
 func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
-	// The store's calls may take up to the wait budget (a shared store retries
-	// an acquire in doubt within it rather than guess).
-	ctx, cancel := context.WithTimeout(rt.ctx, time.Duration(h.MaxWait))
-	defer cancel()
+	w := &loadstate.Waiter{ID: rt.id, Class: rt.class, Shed: h.shed[rt.class], Plan: rt.plan, Slots: rt.slots, Settle: rt.settle}
+	b, waited, err := h.admission.Admit(rt.ctx, w, time.Duration(h.MaxWait))
+	rt.wait = waited
+	var apiErr *apiError
+	switch {
+	case err == nil:
+		rt.lease.backend = b
+		rt.lease.keepAlive()
+		return b, nil
+	case errors.As(err, &apiErr):
+		return -1, apiErr
+	case rt.ctx.Err() != nil:
+		return -1, &apiError{Status: 499, Code: "client_closed_request"}
+	case errors.Is(err, loadstate.ErrQueueFull):
+		return -1, rt.full("every backend that can serve this request is busy and the wait queue is full")
+	case errors.Is(err, loadstate.ErrWaitTimeout):
+		return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
+	case errors.Is(err, loadstate.ErrShed):
+		return -1, rt.full("every backend that can serve this request is busy, and its priority class does not wait")
+	case errors.Is(err, context.DeadlineExceeded):
+		// A shared store kept retrying an acquire in doubt for the whole
+		// wait budget: as for a wait that ran out, come back later.
+		return -1, rt.full("the shared load state did not confirm a slot within the longest wait allowed")
+	}
+	if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
+		c.Write(zap.Error(err))
+	}
+	return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
+}
+
+// plan is the request's loadstate.Plan: ranked afresh, what to ask the store
+// for and what to wait for.
+func (rt *routing) plan(woken, settled bool) (loadstate.Plan, error) {
+	h := rt.h
 	ranked, apiErr := rt.rank()
 	if apiErr != nil {
-		return -1, apiErr
+		return loadstate.Plan{}, apiErr
 	}
-	patience := rt.patience(ranked)
-	if patience == 0 {
-		// Newcomers leave alone the backends someone is already waiting for.
-		var skip func(int) bool
-		if h.queue.Len() > 0 {
-			skip = h.queue.Claimed
-		}
-		if i, apiErr := rt.tryAcquire(ctx, withoutFull(ranked), skip); i >= 0 || apiErr != nil {
-			return i, apiErr
-		}
+	var p loadstate.Plan
+	if !settled {
+		p.Patience = rt.patience(ranked)
 	}
+	better := p.Patience > 0
+	p.Wants = rt.wants(ranked, better)
+	switch {
+	case better && woken:
+		// A release on a backend worth waiting for: the store checks
+		// them, whatever the view says.
+		ranked = ranked[:leadingFull(ranked)]
+	case better:
+		ranked = nil // they are full as far as this replica knows
+	case woken:
+		// A release just happened, maybe on another replica, which this
+		// replica's view of the counts may not show yet: let the store,
+		// which decides atomically, check the full ones too.
+		ranked = rt.appendFull(ranked, p.Wants)
+	default:
+		ranked = withoutFull(ranked)
+	}
+	rt.sc.cands = ranked
+	rt.sc.try = rt.sc.try[:0]
+	for _, c := range ranked {
+		rt.sc.try = append(rt.sc.try, c.Index)
+	}
+	p.Try = rt.sc.try
+	if h.strategy.Assigns() {
+		if cap(rt.sc.scores) < len(h.backends) {
+			rt.sc.scores = make([]float64, len(h.backends))
+		}
+		rt.sc.scores = rt.sc.scores[:len(h.backends)]
+		rt.sc.assign = h.strategy.AssignScores(&rt.req, &rt.pool, rt.sc.scores, rt.sc.assign)
+		p.Scores = rt.sc.scores
+	}
+	return p, nil
+}
 
-	wants := rt.wants(ranked, patience > 0)
-	ticket, err := h.queue.Enter(wants)
-	if err != nil {
-		return -1, rt.full("every backend that can serve this request is busy and the wait queue is full")
+// slots turns candidates into store slots: each backend's capacity and token
+// capacity, and for a backend whose breaker is half-open the claim of its
+// probe (a candidate whose probe another request holds is left out).
+func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
+	h := rt.h
+	slots, idx, claimed := rt.sc.slots[:0], rt.sc.idx[:0], rt.sc.claimed[:0]
+	t := now()
+	for _, i := range cands {
+		b := &h.backends[i]
+		probe := false
+		if rt.sc.probe[i] {
+			if !h.health.TryProbe(b.Name, t, rt.alone) {
+				continue // another request is this backend's probe
+			}
+			claimed = append(claimed, i)
+			probe = true
+		}
+		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight, Probe: probe}
+		if b.MaxTokensInflight > 0 {
+			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
+		}
+		slots = append(slots, slot)
+		idx = append(idx, i)
 	}
-	waitStart := now()
-	h.metrics.queueDepth.Inc()
-	defer func() {
-		h.queue.Leave(ticket)
-		h.metrics.queueDepth.Dec()
-		rt.wait = now().Sub(waitStart)
-		h.metrics.queueWait.Observe(rt.wait.Seconds())
-		if rt.lease.backend >= 0 {
-			// Room this waiter did not take (two slots freed, one wake)
-			// must not sit idle behind it until the next release.
-			h.wakeForRoom()
-		}
-	}()
-	timer := time.NewTimer(time.Duration(h.MaxWait))
-	defer timer.Stop()
-	poll := time.NewTicker(waitPoll)
-	defer poll.Stop()
-	var patienceC <-chan time.Time
-	if patience > 0 {
-		pt := time.NewTimer(patience)
-		defer pt.Stop()
-		patienceC = pt.C
+	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed
+	if rt.explain && len(slots) > 0 {
+		rt.decision = append(rt.decision[:0], rt.sc.cands...)
 	}
-	// A waiter that looks for room on its own (on joining, on a poll) leaves
-	// backends that an older waiter wants to that waiter. A waiter woken by
-	// a release does not: the queue picked it, oldest first, for that slot,
-	// and an older waiter with a wake of its own has a slot of its own.
-	claimedAhead := func(i int) bool { return h.queue.ClaimedAhead(ticket, i) }
-	skip := claimedAhead
-	woken, patient := false, patience > 0
-	for {
-		ranked, apiErr := rt.rank()
-		if apiErr != nil {
-			return -1, apiErr
-		}
-		waitBetter := patient && leadingFull(ranked) > 0
-		if !waitBetter {
-			patient = false // the better backends are no longer predicted better
-		}
-		next := rt.wants(ranked, waitBetter)
-		if !next.Equal(wants) {
-			wants = next
-			h.queue.SetWants(ticket, wants)
-		}
-		try := ranked
-		switch {
-		case waitBetter && woken:
-			// A release on a backend worth waiting for: the store checks
-			// them, whatever the view says.
-			try = ranked[:leadingFull(ranked)]
-		case waitBetter:
-			try = nil // they are full as far as this replica knows
-		case woken:
-			// A release just happened, maybe on another replica, which this
-			// replica's view of the counts may not show yet: let the store,
-			// which decides atomically, check the full ones too.
-			try = rt.appendFull(ranked, wants)
-			rt.sc.cands = try
-		default:
-			try = withoutFull(ranked)
-		}
-		i, apiErr := rt.tryAcquire(ctx, try, skip)
-		h.queue.Consumed(ticket)
-		if i >= 0 || apiErr != nil {
-			return i, apiErr
-		}
-		select {
-		case <-ticket.C():
-			skip, woken = nil, true
-		case <-poll.C:
-			// Polls trust the local view: no store round trip unless it
-			// shows room.
-			skip, woken = claimedAhead, false
-		case <-patienceC:
-			// Waiting for a better backend no longer pays: settle for any.
-			patienceC, patient = nil, false
-			skip, woken = claimedAhead, false
-		case <-timer.C:
-			return -1, rt.full("every backend that can serve this request stayed busy for the longest wait allowed")
-		case <-rt.ctx.Done():
-			return -1, &apiError{Status: 499, Code: "client_closed_request"}
+	return slots, idx
+}
+
+// settle gives back the probe claims slots made on backends the store did
+// not give the request, and notes whether its slot is a probe.
+func (rt *routing) settle(chosen int) {
+	for _, c := range rt.sc.claimed {
+		if c == chosen {
+			rt.lease.probe = true
+		} else {
+			rt.h.health.EndProbe(rt.h.backends[c].Name)
 		}
 	}
+	rt.sc.claimed = rt.sc.claimed[:0]
 }
 
 // leadingFull is how many full backends lead the ranking: those the request
@@ -390,19 +403,6 @@ func (rt *routing) wants(ranked []engine.Candidate, better bool) loadstate.Backe
 	return set
 }
 
-// wakeForRoom wakes, for every backend the local view shows with room, the
-// oldest waiter that can use it and has no wake pending.
-func (h *Handler) wakeForRoom() {
-	if h.queue.Len() == 0 {
-		return
-	}
-	for i := range h.backends {
-		if h.store.Inflight(h.backends[i].Name) < h.backends[i].MaxInflight {
-			h.queue.Notify(i)
-		}
-	}
-}
-
 // appendFull adds to ranked the backends in wants that it lacks (those the
 // view shows full), after the ranked ones.
 func (rt *routing) appendFull(ranked []engine.Candidate, wants loadstate.BackendSet) []engine.Candidate {
@@ -431,80 +431,4 @@ func (rt *routing) full(msg string) *apiError {
 	}
 	e.RetryAfter, e.Jitter = time.Second, true
 	return e
-}
-
-// tryAcquire asks the store for a slot on the first ranked candidate with
-// room, in one call. It returns the backend index, or -1 when none had room.
-// Candidates for which skip reports true are left to requests that waited
-// longer. A candidate whose breaker is half-open is offered only when this
-// request claims its probe. ctx bounds the store's call: its deadline is the
-// request's wait budget.
-func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, skip func(int) bool) (int, *apiError) {
-	h := rt.h
-	slots, idx, claimed := rt.sc.slots[:0], rt.sc.idx[:0], rt.sc.claimed[:0]
-	t := now()
-	for _, c := range ranked {
-		if skip != nil && skip(c.Index) {
-			continue
-		}
-		b := &h.backends[c.Index]
-		probe := false
-		if rt.sc.probe[c.Index] {
-			if !h.health.TryProbe(b.Name, t, rt.alone) {
-				continue // another request is this backend's probe
-			}
-			claimed = append(claimed, c.Index)
-			probe = true
-		}
-		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight, Probe: probe}
-		if b.MaxTokensInflight > 0 {
-			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
-		}
-		slots = append(slots, slot)
-		idx = append(idx, c.Index)
-	}
-	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed
-	if len(slots) == 0 {
-		return -1, nil
-	}
-	if rt.explain {
-		rt.decision = append(rt.decision[:0], ranked...)
-	}
-	i, err := h.store.Acquire(ctx, rt.id, slots)
-	chosen := -1
-	if err == nil && i >= 0 {
-		chosen = idx[i]
-	}
-	for _, c := range claimed {
-		if c == chosen {
-			rt.lease.probe = true
-		} else {
-			h.health.EndProbe(h.backends[c].Name)
-		}
-	}
-	if err != nil {
-		if rt.ctx.Err() != nil {
-			return -1, &apiError{Status: 499, Code: "client_closed_request"}
-		}
-		// The acquire may have run on the server before the error: release the
-		// id on every candidate so no slot is left behind.
-		for _, s := range slots {
-			_ = h.store.Release(context.WithoutCancel(ctx), rt.id, s.Backend)
-		}
-		if errors.Is(err, context.DeadlineExceeded) {
-			// A shared store kept retrying an acquire in doubt for the
-			// whole wait budget: as for a wait that ran out, come back later.
-			return -1, rt.full("the shared load state did not confirm a slot within the longest wait allowed")
-		}
-		if c := h.logger.Check(zapcore.WarnLevel, "acquiring slot"); c != nil {
-			c.Write(zap.Error(err))
-		}
-		return -1, serverError(http.StatusServiceUnavailable, "load_state_unavailable", "the gateway cannot reach its shared load state")
-	}
-	if chosen < 0 {
-		return -1, nil
-	}
-	rt.lease.backend = chosen
-	rt.lease.keepAlive()
-	return chosen, nil
 }

@@ -94,10 +94,20 @@ func (rt *routing) retry(failed int) int {
 	h.bmetrics[failed].retries.Inc()
 	rt.loadPool()
 	ranked, _ := h.strategy.Rank(&rt.req, &rt.pool, rt.sc.cands[:0])
-	rt.sc.cands = ranked
+	rt.sc.cands = withoutFull(ranked)
+	rt.sc.try = rt.sc.try[:0]
+	for _, c := range rt.sc.cands {
+		rt.sc.try = append(rt.sc.try, c.Index)
+	}
 	ctx, cancel := context.WithTimeout(rt.ctx, time.Duration(h.MaxWait))
 	defer cancel()
-	next, _ := rt.tryAcquire(ctx, ranked, nil)
+	w := &loadstate.Waiter{ID: rt.id, Slots: rt.slots, Settle: rt.settle}
+	next, err := h.admission.TryNow(ctx, w, rt.sc.try)
+	if err != nil || next < 0 {
+		return -1
+	}
+	rt.lease.backend = next
+	rt.lease.keepAlive()
 	return next
 }
 

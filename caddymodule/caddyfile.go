@@ -36,6 +36,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    slo_ttft 500ms             # p95 TTFT over it scales a backend's score down
 //	    slo_latency 30s            # p95 end-to-end latency, likewise
 //	    explain_header X-Model-Router-Explain   # requests carrying it get the decision explained
+//	    priorities high normal low sheddable    # priority classes, highest first
+//	    default_priority normal    # class of requests that name none (set per route)
+//	    priority_header X-Model-Router-Priority # clients may name their class
+//	    priority_aging 5s          # a class waits at most this much longer than the one above
+//	    sheddable sheddable        # classes that never wait (default: the class named sheddable)
 //	    max_wait 2s                # how long a request may wait for a free slot
 //	    max_queue 256              # waiting requests beyond this get full_status at once
 //	    max_body 4MiB              # larger request bodies get 413
@@ -129,6 +134,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.SLOLatency = v
+		case "priorities", "sheddable":
+			names := d.RemainingArgs()
+			if len(names) == 0 {
+				return d.ArgErr()
+			}
+			if key == "priorities" {
+				h.Priorities = names
+			} else {
+				h.Sheddable = names
+			}
+		case "default_priority":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.DefaultPriority = v
+		case "priority_header":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if !headerNameRE.MatchString(v) {
+				return d.Errf("priority_header %q is not a header name", v)
+			}
+			h.PriorityHeader = v
+		case "priority_aging":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.PriorityAging = v
 		case "explain_header":
 			v, err := oneArg(d)
 			if err != nil {
@@ -250,6 +286,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	if len(h.Backends) == 0 {
 		return d.Err("model_router needs at least one backend")
+	}
+	if err := checkPriorities(h.Priorities, h.DefaultPriority, h.Sheddable); err != nil {
+		return d.Err(err.Error())
 	}
 	return nil
 }

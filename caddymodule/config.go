@@ -46,6 +46,32 @@ type Handler struct {
 	SLOTTFT    caddy.Duration `json:"slo_ttft,omitempty"`
 	SLOLatency caddy.Duration `json:"slo_latency,omitempty"`
 
+	// Priorities are the priority classes, highest first, e.g. high normal
+	// low sheddable. Waiting requests of a higher class are served first;
+	// within a class, first come first served (or by the optimal
+	// assignment), and a class waits at most PriorityAging longer than the
+	// one above it (the aging bound). Default: one class, "normal".
+	Priorities []string `json:"priorities,omitempty"`
+
+	// DefaultPriority is the class of requests that name none (for this
+	// route: set it per route to give routes classes). Default: "normal" if
+	// it is a class, else the middle one.
+	DefaultPriority string `json:"default_priority,omitempty"`
+
+	// PriorityHeader names the request header in which clients may name
+	// their class (case-insensitive); an unknown class gets 400
+	// unknown_priority. Default: none (only DefaultPriority).
+	PriorityHeader string `json:"priority_header,omitempty"`
+
+	// PriorityAging is how much earlier arrival one class is worth: a
+	// request waits at most this much longer per class than a request of a
+	// higher class that arrived at the same time. Default: 5s.
+	PriorityAging caddy.Duration `json:"priority_aging,omitempty"`
+
+	// Sheddable lists the classes that never wait: with no slot free they
+	// get FullStatus at once. Default: the class named "sheddable", if any.
+	Sheddable []string `json:"sheddable,omitempty"`
+
 	// ExplainHeader, when set, names a request header: a request that
 	// carries it gets an X-Model-Router-Explain response header with every
 	// candidate's score and predicted wait, TTFT and completion (never
@@ -141,7 +167,11 @@ type Handler struct {
 	metrics   *metrics
 	bmetrics  []*backendMetrics // per backend, same order as backends
 	// failureLogs rate-limit the upstream-failure warnings, per backend.
-	failureLogs []*failureLog
+	failureLogs  []*failureLog
+	admission    *loadstate.Admission
+	classes      map[string]int // priority class name (lower case) → index
+	defaultClass int
+	shed         []bool // shed[class]: the class never waits
 	// headerValues are the X-Model-Router-Backend values, built once.
 	headerValues [][]string
 	logger       *zap.Logger
@@ -271,6 +301,15 @@ func (h *Handler) validate() error {
 	}
 	if h.ExplainHeader != "" && !headerNameRE.MatchString(h.ExplainHeader) {
 		return fmt.Errorf("explain_header %q is not a header name", h.ExplainHeader)
+	}
+	if h.PriorityHeader != "" && !headerNameRE.MatchString(h.PriorityHeader) {
+		return fmt.Errorf("priority_header %q is not a header name", h.PriorityHeader)
+	}
+	if h.PriorityAging < 0 {
+		return fmt.Errorf("priority_aging must not be negative")
+	}
+	if err := checkPriorities(h.Priorities, h.DefaultPriority, h.Sheddable); err != nil {
+		return err
 	}
 	if err := checkFullStatus(h.FullStatus); err != nil {
 		return err
@@ -458,3 +497,35 @@ func normalizeCapabilities(backend string, caps map[string]float64) (map[string]
 	}
 	return out, nil
 }
+
+// checkPriorities validates the priority classes: names like backend names,
+// each once (case-insensitive), and a default and sheddable classes among
+// them.
+func checkPriorities(classes []string, def string, shed []string) error {
+	seen := map[string]bool{}
+	for _, c := range classes {
+		if !nameRE.MatchString(c) {
+			return fmt.Errorf("priority class %q: use letters, digits, '.', '_' or '-' (at most 64)", c)
+		}
+		k := strings.ToLower(c)
+		if seen[k] {
+			return fmt.Errorf("priority class %s is listed twice", c)
+		}
+		seen[k] = true
+	}
+	if len(classes) == 0 {
+		seen[defaultPriorityClass] = true
+	}
+	if def != "" && !seen[strings.ToLower(def)] {
+		return fmt.Errorf("default_priority %q is not one of the priorities", def)
+	}
+	for _, c := range shed {
+		if !seen[strings.ToLower(c)] {
+			return fmt.Errorf("sheddable class %q is not one of the priorities", c)
+		}
+	}
+	return nil
+}
+
+// defaultPriorityClass is the one class there is when none are configured.
+const defaultPriorityClass = "normal"

@@ -74,6 +74,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Pool == "" {
 		h.Pool = "default"
 	}
+	if h.PriorityAging == 0 {
+		h.PriorityAging = caddy.Duration(loadstate.DefaultAging)
+	}
 	if err := h.validate(); err != nil {
 		return err
 	}
@@ -179,10 +182,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		sort.Strings(h.upstreams[i])
 	}
-	h.queue = loadstate.NewWaitQueue(h.MaxQueue)
+	h.setupClasses()
+	h.queue = loadstate.NewWaitQueueWith(loadstate.QueueOptions{
+		Max: h.MaxQueue, Aging: time.Duration(h.PriorityAging), Assign: h.strategy.Assigns(), Now: now,
+	})
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()
 	h.metrics = registerMetrics(ctx.GetMetricsRegistry(), h.logger)
+	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{
+		Store: h.store, Queue: h.queue, Backends: len(h.backends),
+		Free:    func(i int) int { return h.backends[i].MaxInflight - h.store.Inflight(h.backends[i].Name) },
+		Entered: func() { h.metrics.queueDepth.Inc() },
+		Left: func(waited time.Duration) {
+			h.metrics.queueDepth.Dec()
+			h.metrics.queueWait.Observe(waited.Seconds())
+		},
+	})
 	for i := range h.backends {
 		h.bmetrics = append(h.bmetrics, h.metrics.forBackend(h.backends[i].Name))
 		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
@@ -215,6 +230,38 @@ func (h *Handler) Cleanup() error {
 		_, _ = healths.Delete(h.healthKey)
 	}
 	return nil
+}
+
+// setupClasses indexes the priority classes (highest first), the default
+// class and the classes that never wait.
+func (h *Handler) setupClasses() {
+	names := h.Priorities
+	if len(names) == 0 {
+		names = []string{defaultPriorityClass}
+	}
+	h.classes = make(map[string]int, len(names))
+	for i, c := range names {
+		h.classes[strings.ToLower(c)] = i
+	}
+	def := h.DefaultPriority
+	if def == "" {
+		def = defaultPriorityClass
+	}
+	if i, ok := h.classes[strings.ToLower(def)]; ok {
+		h.defaultClass = i
+	} else {
+		h.defaultClass = len(names) / 2
+	}
+	h.shed = make([]bool, len(names))
+	shed := h.Sheddable
+	if len(shed) == 0 {
+		shed = []string{"sheddable"}
+	}
+	for _, c := range shed {
+		if i, ok := h.classes[strings.ToLower(c)]; ok {
+			h.shed[i] = true
+		}
+	}
 }
 
 // healths holds passive-health state by pool and settings, across reloads.

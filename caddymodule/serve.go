@@ -78,6 +78,10 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 	if apiErr == nil {
 		apiErr = h.checkModel(r, &c.req)
 	}
+	class := h.defaultClass
+	if apiErr == nil {
+		class, apiErr = h.priorityClass(r)
+	}
 	if apiErr != nil {
 		h.reject(w, apiErr)
 		return nil
@@ -85,7 +89,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 
 	sc := scratchPool.Get().(*scratch)
 	defer scratchPool.Put(sc)
-	rt := &routing{h: h, ctx: r.Context(), req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next()}
+	rt := &routing{h: h, ctx: r.Context(), req: c.req, c: c, body: body, start: start, sc: sc, id: h.leaseIDs.next(), class: class}
 	rt.lease = lease{h: h, id: rt.id, backend: -1}
 	defer rt.lease.release()
 
@@ -133,6 +137,22 @@ func (h *Handler) checkModel(r *http.Request, req *engine.Request) *apiError {
 		return invalidRequest(http.StatusNotFound, "model_not_found", "model", "the model does not exist or is not served by this gateway")
 	}
 	return nil
+}
+
+// priorityClass is the request's priority class: the one it names in the
+// priority header, if clients may name one, else the route's default.
+func (h *Handler) priorityClass(r *http.Request) (int, *apiError) {
+	if h.PriorityHeader == "" {
+		return h.defaultClass, nil
+	}
+	name := r.Header.Get(h.PriorityHeader)
+	if name == "" {
+		return h.defaultClass, nil
+	}
+	if i, ok := h.classes[strings.ToLower(strings.TrimSpace(name))]; ok {
+		return i, nil
+	}
+	return 0, invalidRequest(http.StatusBadRequest, "unknown_priority", h.PriorityHeader, "no such priority class")
 }
 
 // reject answers a request the router refuses itself, and counts it in

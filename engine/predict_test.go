@@ -427,3 +427,34 @@ func TestTokenLimit(t *testing.T) {
 		t.Errorf("ranked %v eligible %d, want [1] and 2", indexes(ranked), eligible)
 	}
 }
+
+// TestOptimalScores: the optimal strategy scores capability × predicted
+// latency, for full backends too (a waiting request is matched with slots
+// about to free), and nothing for backends that cannot serve the request.
+func TestOptimalScores(t *testing.T) {
+	s, err := NewStrategyWith(StrategyOptimal, StrategyOptions{Explore: -1})
+	if err != nil || !s.Assigns() {
+		t.Fatalf("optimal: %v, assigns %v", err, s != nil && s.Assigns())
+	}
+	if b, _ := NewStrategy(StrategyBalanced, nil); b.Assigns() {
+		t.Fatal("balanced assigns")
+	}
+	p := mkPool(
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 1.0)}, l: Load{Inflight: 2, Perf: slowPerf}},  // full, great coder, slow
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 0.5)}, l: Load{Inflight: 0, Perf: fastPerf}},  // half as good, fast
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("chat", 1.0)}, l: Load{Perf: fastPerf}},                  // cannot code
+	)
+	req := Request{Model: AutoModel, Capability: "coding", MaxTokens: 16}
+	out := make([]float64, 3)
+	s.AssignScores(&req, p, out, nil)
+	if out[2] != 0 || out[0] <= 0 || out[1] <= 0 {
+		t.Fatalf("scores %v: want positive for the coders, 0 for the chat backend", out)
+	}
+	// A short answer loses little on the slow backend: capability decides.
+	if out[0] <= out[1] {
+		t.Errorf("short coding answer: %v, want the better coder ahead", out)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.AssignScores(&req, p, out, make([]Candidate, 0, 3)) }); n > 1 && !raceEnabled {
+		t.Errorf("%v allocations", n)
+	}
+}

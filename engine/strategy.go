@@ -12,6 +12,7 @@ const (
 	StrategyGreedy     = "greedy"
 	StrategyBalanced   = "balanced"
 	StrategyFastest    = "fastest"
+	StrategyOptimal    = "optimal"
 	StrategyLeastLoad  = "least_load"
 	StrategyP2C        = "p2c"
 	StrategyRoundRobin = "round_robin"
@@ -159,13 +160,17 @@ type Strategy struct {
 	// predictive strategies predict each candidate's timeline, may rank a
 	// full backend first (the request should wait for it), and explore.
 	predictive bool
-	explore    float64
-	rnd        *lockedRand
+	// product: the score is the product of the scorers' (capability ×
+	// prediction), not their weighted sum; and waiting requests are
+	// assigned to freed slots by it (Assigns).
+	product bool
+	explore float64
+	rnd     *lockedRand
 }
 
 // StrategyNames returns the valid strategy names, the default among them.
 func StrategyNames() []string {
-	return []string{StrategyGreedy, StrategyBalanced, StrategyFastest, StrategyLeastLoad, StrategyP2C, StrategyRoundRobin, StrategyLatency}
+	return []string{StrategyGreedy, StrategyBalanced, StrategyFastest, StrategyOptimal, StrategyLeastLoad, StrategyP2C, StrategyRoundRobin, StrategyLatency}
 }
 
 // NewStrategy builds the named strategy with default options; "" means
@@ -181,6 +186,8 @@ func NewStrategy(name string, rnd Rand) (*Strategy, error) {
 //	balanced     score = (wc·capability + wl·prediction + wd·load + wk·cost) ÷ (wc+wl+wd+wk)
 //	             (DefaultWeights .40/.40/.15/.05)                 order by score
 //	fastest      score = prediction  (cheapest predicted cost ÷ own)          order by score
+//	optimal      score = capability × prediction                          order by score;
+//	             waiting requests get freed slots by maximum total score (see Assigns)
 //	least_load   score = load       order by Inflight/MaxInflight, then free slots
 //	p2c          score = load       the less loaded of two random picks, then least_load order
 //	round_robin  score = load       pool order rotated by a counter
@@ -227,6 +234,11 @@ func NewStrategyWith(name string, o StrategyOptions) (*Strategy, error) {
 		}
 		s.order = scoreOrder{}
 		s.predictive = true
+	case StrategyOptimal:
+		s.scorers = []Weighted{{CapabilityScorer{}, 1}, {PredictionScorer{}, 1}}
+		s.order = scoreOrder{}
+		s.predictive = true
+		s.product = true
 	case StrategyFastest:
 		// Ordering by this score is ordering by predicted cost ÷ (weight ×
 		// feedback), cheapest first.
@@ -377,6 +389,46 @@ func (s *Strategy) exploreFirst(p *Pool, cands []Candidate) {
 	cands[0] = c
 }
 
+// Assigns reports whether waiting requests should get freed slots by the
+// optimal assignment of AssignScores (the optimal strategy) rather than first
+// come, first served.
+func (s *Strategy) Assigns() bool { return s.product }
+
+// AssignScores writes to out[i] how well backend i suits req (its score,
+// capability × prediction, full backends included: a waiting request is
+// being matched with slots about to free), and 0 for a backend that cannot
+// serve it. out must have len(p.Backends). cands is scratch space; the
+// filled buffer is returned for reuse. It does not allocate when cands has
+// room for every backend.
+func (s *Strategy) AssignScores(req *Request, p *Pool, out []float64, cands []Candidate) []Candidate {
+	cands = cands[:0]
+	clear(out)
+	n := min(len(p.Backends), len(p.Loads), len(out))
+	for i := 0; i < n; i++ {
+		if s.keep(req, p, i) && p.Backends[i].MaxInflight > 0 {
+			cands = append(cands, Candidate{Index: i, Full: !p.Loads[i].Fits(&p.Backends[i], req)})
+		}
+	}
+	if len(cands) == 0 {
+		return cands
+	}
+	fallback := PoolPerf(p)
+	for k := range cands {
+		i := cands[k].Index
+		// The slot is about to be free: judged without the wait.
+		pred := Predict(req, &p.Backends[i], &p.Loads[i], &fallback)
+		pred.TTFT -= pred.Wait
+		pred.Total -= pred.Wait
+		pred.Wait = 0
+		cands[k].Predicted = pred
+	}
+	s.score(req, p, cands)
+	for _, c := range cands {
+		out[c.Index] = c.Score
+	}
+	return cands
+}
+
 // Eligible reports whether backend i passes every filter, ignoring room (used to decide whether a
 // waiting request can use a slot just freed on backend i).
 func (s *Strategy) Eligible(req *Request, p *Pool, i int) bool {
@@ -398,6 +450,26 @@ func (s *Strategy) keep(req *Request, p *Pool, i int) bool {
 // score sets each candidate's Score to its weighted blend, normalised by the
 // total weight so that it stays in [0,1], times the backend's Weight.
 func (s *Strategy) score(req *Request, p *Pool, cands []Candidate) {
+	if s.product {
+		sp := getScratch(len(cands))
+		buf := *sp
+		for k := range cands {
+			cands[k].Score = 1
+		}
+		for _, w := range s.scorers {
+			clear(buf)
+			w.Score(req, p, cands, buf)
+			for k := range cands {
+				cands[k].Score *= buf[k]
+			}
+		}
+		putScratch(sp)
+		for k := range cands {
+			i := cands[k].Index
+			cands[k].Score = quantize(cands[k].Score * backendWeight(&p.Backends[i]) * feedback(&p.Loads[i]))
+		}
+		return
+	}
 	if s.totalWeight > 0 {
 		sp := getScratch(len(cands))
 		buf := *sp

@@ -39,7 +39,7 @@ func TestNewStrategy(t *testing.T) {
 			t.Errorf("error %q does not list %q", err, name)
 		}
 	}
-	if !slices.Equal(StrategyNames(), []string{"greedy", "balanced", "fastest", "least_load", "p2c", "round_robin", "latency"}) {
+	if !slices.Equal(StrategyNames(), []string{"greedy", "balanced", "fastest", "optimal", "least_load", "p2c", "round_robin", "latency"}) {
 		t.Errorf("StrategyNames() = %v", StrategyNames())
 	}
 }

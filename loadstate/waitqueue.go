@@ -5,6 +5,9 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
+
+	"github.com/modelrouter/modelrouter/engine"
 )
 
 // ErrQueueFull is returned by WaitQueue.Enter when max_queue requests already wait.
@@ -53,10 +56,25 @@ func (s BackendSet) Overlaps(o BackendSet) bool {
 }
 
 // WaitQueue parks requests that found every candidate full. When a slot frees
-// on a backend, Notify wakes the oldest waiter that can use that backend, so
-// waiters are served first-come-first-served among those the slot can serve.
-// A woken waiter retries its acquire; if it loses the slot (another replica took
-// it) it keeps its place in line.
+// on a backend, Notify wakes the waiter next in line that can use that
+// backend.
+//
+// The line is ordered by priority class, then arrival: a waiter's place is
+// its arrival time plus Aging for each class below the highest (class 0), so
+// higher classes are served first, and a lower class waits at most Aging per
+// class more than a higher one that arrived at the same time (the aging
+// bound: nothing starves). Within a class it is first come, first served.
+//
+// In assign mode (the optimal strategy) a freed slot goes instead to the
+// waiter that gains most from it: the best waiting ticket by score for that
+// backend (Ticket scores from the router) less one point per Aging it is
+// behind the first in line; several slots freed at once are assigned to
+// waiters together by maximum total value (engine.Assigner, the Hungarian
+// algorithm). A waiter Aging behind another thus trades a whole point of
+// score, which keeps any one from waiting much longer than its turn.
+//
+// A woken waiter retries its acquire; if it loses the slot (another replica
+// took it) it keeps its place in line.
 type WaitQueue struct {
 	mu         sync.Mutex
 	head, tail *Ticket
@@ -65,24 +83,70 @@ type WaitQueue struct {
 	// per[i] counts the waiters that want backend i, readable without the
 	// lock (predictions read it on every request); grown under mu.
 	per atomic.Pointer[[]atomic.Int32]
+
+	aging    time.Duration
+	assign   bool
+	assigner engine.Assigner
+	now      func() time.Time
+}
+
+// DefaultAging is how much earlier arrival one priority class is worth.
+const DefaultAging = 5 * time.Second
+
+// QueueOptions tune NewWaitQueueWith.
+type QueueOptions struct {
+	// Max is how many requests may wait at once.
+	Max int
+	// Aging is the waiting time one priority class is worth (the aging
+	// bound); 0 means DefaultAging.
+	Aging time.Duration
+	// Assign selects assign mode (see WaitQueue).
+	Assign bool
+	// Now is the clock for ages; time.Now when nil.
+	Now func() time.Time
 }
 
 // Ticket is one waiting request's place in a WaitQueue.
 type Ticket struct {
-	wants      BackendSet
-	wake       chan struct{}
-	woken      int // backend index of a wake not yet consumed; -1 when none
-	prev, next *Ticket
-	queued     bool
+	wants   BackendSet
+	class   int
+	key     int64 // its place in line: arrival (unix ns) + class × aging
+	scores  []float64
+	wake    chan struct{}
+	woken   int // backend index of a wake not yet consumed; -1 when none
+	prev    *Ticket
+	next    *Ticket
+	queued  bool
+	arrived time.Time
 }
 
-// NewWaitQueue returns a queue that holds at most max waiters.
-func NewWaitQueue(max int) *WaitQueue { return &WaitQueue{max: max} }
+// NewWaitQueue returns a first-come-first-served queue that holds at most
+// max waiters.
+func NewWaitQueue(max int) *WaitQueue { return NewWaitQueueWith(QueueOptions{Max: max}) }
 
-// Enter puts a waiter at the back of the line. wants says which backends it
-// can use. It fails with ErrQueueFull when the line is full.
+// NewWaitQueueWith returns a queue with the given options.
+func NewWaitQueueWith(o QueueOptions) *WaitQueue {
+	if o.Aging <= 0 {
+		o.Aging = DefaultAging
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return &WaitQueue{max: o.Max, aging: o.Aging, assign: o.Assign, now: o.Now}
+}
+
+// Enter puts a waiter of the highest class at the back of the line. wants
+// says which backends it can use. It fails with ErrQueueFull when the line is
+// full.
 func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
-	t := &Ticket{wants: wants, wake: make(chan struct{}, 1), woken: -1}
+	return q.EnterClass(wants, 0, q.now())
+}
+
+// EnterClass puts a waiter of priority class (0 the highest) that arrived at
+// arrived in line. It fails with ErrQueueFull when the line is full.
+func (q *WaitQueue) EnterClass(wants BackendSet, class int, arrived time.Time) (*Ticket, error) {
+	t := &Ticket{wants: wants, class: max(class, 0), wake: make(chan struct{}, 1), woken: -1, arrived: arrived}
+	t.key = arrived.UnixNano() + int64(t.class)*int64(q.aging)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.n >= q.max {
@@ -90,18 +154,40 @@ func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
 	}
 	t.queued = true
 	q.countLocked(wants, 1)
-	t.prev = q.tail
-	if q.tail != nil {
-		q.tail.next = t
+	// Insert by key, after every waiter with the same or an earlier one:
+	// the usual arrival goes at the tail.
+	after := q.tail
+	for after != nil && after.key > t.key {
+		after = after.prev
+	}
+	t.prev = after
+	if after != nil {
+		t.next = after.next
+		after.next = t
 	} else {
+		t.next = q.head
 		q.head = t
 	}
-	q.tail = t
+	if t.next != nil {
+		t.next.prev = t
+	} else {
+		q.tail = t
+	}
 	q.n++
 	q.waiting.Store(int64(q.n))
 	return t, nil
 }
 
+// SetScores sets how well each backend (by index) suits the waiter, for
+// assign mode.
+func (q *WaitQueue) SetScores(t *Ticket, scores []float64) {
+	if !q.assign {
+		return
+	}
+	q.mu.Lock()
+	t.scores = append(t.scores[:0], scores...)
+	q.mu.Unlock()
+}
 // countLocked adds d to the waiter count of every backend in wants.
 func (q *WaitQueue) countLocked(wants BackendSet, d int32) {
 	p := q.per.Load()
@@ -197,17 +283,127 @@ func (q *WaitQueue) Notify(i int) bool {
 }
 
 func (q *WaitQueue) notifyLocked(i int) bool {
-	for t := q.head; t != nil; t = t.next {
-		if t.woken < 0 && t.wants.Has(i) {
-			t.woken = i
-			select {
-			case t.wake <- struct{}{}:
-			default:
+	var pick *Ticket
+	if q.assign {
+		pick = q.bestForLocked(i)
+	} else {
+		for t := q.head; t != nil; t = t.next {
+			if t.woken < 0 && t.wants.Has(i) {
+				pick = t
+				break
 			}
-			return true
 		}
 	}
-	return false
+	if pick == nil {
+		return false
+	}
+	pick.wakeFor(i)
+	return true
+}
+
+func (t *Ticket) wakeFor(i int) {
+	t.woken = i
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}
+
+// value is what giving a slot on backend i to t is worth in assign mode: its
+// score for i, less one point per Aging it is behind first in line (first,
+// the first waiter's key).
+func (q *WaitQueue) value(t *Ticket, i int, first int64) float64 {
+	score := 0.0
+	if i < len(t.scores) {
+		score = t.scores[i]
+	}
+	return score - float64(t.key-first)/float64(q.aging)
+}
+
+// maxAssign bounds the waiters one assignment considers (the first in line):
+// the Hungarian algorithm is cubic.
+const maxAssign = 64
+
+// bestForLocked is the waiter a slot on backend i is worth most to (assign
+// mode), among the first maxAssign in line without a pending wake.
+func (q *WaitQueue) bestForLocked(i int) *Ticket {
+	if q.head == nil {
+		return nil
+	}
+	first := q.head.key
+	var best *Ticket
+	bestValue := 0.0
+	seen := 0
+	for t := q.head; t != nil && seen < maxAssign; t = t.next {
+		seen++
+		if t.woken >= 0 || !t.wants.Has(i) {
+			continue
+		}
+		if v := q.value(t, i, first); best == nil || v > bestValue {
+			best, bestValue = t, v
+		}
+	}
+	return best
+}
+
+// NotifyMany wakes waiters for slots freed together on the given backends
+// (one slot each; a backend may repeat): first in line for each in order,
+// or in assign mode by maximum total value over the first maxAssign waiters
+// (engine.Assigner). It returns how many it woke.
+func (q *WaitQueue) NotifyMany(backends []int) int {
+	if q.waiting.Load() == 0 || len(backends) == 0 {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.assign || len(backends) == 1 {
+		n := 0
+		for _, i := range backends {
+			if q.notifyLocked(i) {
+				n++
+			}
+		}
+		return n
+	}
+	first := q.head.key
+	var cands []*Ticket
+	for t := q.head; t != nil && len(cands) < maxAssign; t = t.next {
+		if t.woken < 0 {
+			cands = append(cands, t)
+		}
+	}
+	match := make([]int, len(cands))
+	q.assigner.Assign(len(cands), len(backends), func(r, c int) float64 {
+		t, i := cands[r], backends[c]
+		if !t.wants.Has(i) {
+			return engine.Forbidden
+		}
+		return -q.value(t, i, first)
+	}, match)
+	n := 0
+	for r, c := range match {
+		if c < 0 || !cands[r].wants.Has(backends[c]) {
+			continue
+		}
+		cands[r].wakeFor(backends[c])
+		n++
+	}
+	return n
+}
+
+// wakeForRoom wakes, for every slot the store's view shows free (free(i)
+// per backend), the waiter next in line for it; see NotifyMany.
+func (q *WaitQueue) wakeForRoom(free func(i int) int, backends int) {
+	if q.Len() == 0 {
+		return
+	}
+	var slots []int
+	for i := range backends {
+		for range min(free(i), q.Len()) {
+			slots = append(slots, i)
+		}
+	}
+	q.NotifyMany(slots)
 }
 
 // Claimed reports whether some waiter can use backend i. A newcomer skips

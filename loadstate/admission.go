@@ -1,0 +1,276 @@
+package loadstate
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors of Admission.Admit that the caller answers as "full".
+var (
+	// ErrWaitTimeout: every backend that could serve the request stayed
+	// busy for the whole wait allowed.
+	ErrWaitTimeout = errors.New("no slot freed up within the wait allowed")
+	// ErrShed: the request's priority class does not wait, and no backend had
+	// room.
+	ErrShed = errors.New("no slot free and the request's class does not wait")
+)
+
+// Clock is admission's time: now and timers, injectable so that tests drive
+// waits and deadlines deterministically.
+type Clock interface {
+	Now() time.Time
+	// NewTimer returns a timer that fires once after d.
+	NewTimer(d time.Duration) Timer
+}
+
+// Timer is a Clock's one-shot timer.
+type Timer interface {
+	C() <-chan time.Time
+	Stop() bool
+}
+
+// SystemClock is the wall clock.
+type SystemClock struct{}
+
+// Now implements Clock.
+func (SystemClock) Now() time.Time { return time.Now() }
+
+// NewTimer implements Clock.
+func (SystemClock) NewTimer(d time.Duration) Timer { return sysTimer{time.NewTimer(d)} }
+
+type sysTimer struct{ t *time.Timer }
+
+func (t sysTimer) C() <-chan time.Time { return t.t.C }
+func (t sysTimer) Stop() bool          { return t.t.Stop() }
+
+// Plan is one ranking of a request by its caller (the router), the input of
+// admission.
+type Plan struct {
+	// Try lists the backends (indexes) to ask the store for now, best first.
+	Try []int
+	// Wants are the backends a freed slot on which could serve the request:
+	// what it waits for.
+	Wants BackendSet
+	// Patience, when positive, says Wants are better backends that are
+	// full, worth waiting for this long rather than taking a slot on another
+	// now (see Waiter.Plan's settled).
+	Patience time.Duration
+	// Scores, when set, is how well each backend (by index) suits the
+	// request, for the optimal assignment of freed slots to waiting
+	// requests (see WaitQueue's assign mode); nil means first come, first
+	// served.
+	Scores []float64
+}
+
+// Waiter is one request in admission: the router's callbacks that rank it
+// and turn candidates into store slots.
+type Waiter struct {
+	// ID is the request's lease id.
+	ID string
+	// Class is its priority class, 0 the highest; Shed says its class never
+	// waits (it gets ErrShed when no backend has room).
+	Class int
+	Shed  bool
+	// Plan ranks the request. woken: a freed slot woke it, on a backend its
+	// view of the counts may still show full, so Try should include the
+	// wanted backends whatever the view says. settled: its patience for
+	// better backends ran out: plan to take any backend with room.
+	Plan func(woken, settled bool) (Plan, error)
+	// Slots turns candidates into store slots, claiming what it must (a
+	// half-open probe, say); index[k] is the backend of slots[k].
+	Slots func(cands []int) (slots []Slot, index []int)
+	// Settle is told which backend the store gave (-1 for none) after every
+	// store call Slots prepared, so it can give back the claims it made.
+	Settle func(backend int)
+}
+
+// Admission admits requests to backend slots: it asks the store for a slot
+// on the request's best candidates, and when none has room parks the request
+// in the wait queue until a freed slot it can use wakes it (never a timer
+// tick: a release or its own deadline), bounded by the queue's size and the
+// request's wait budget. Waiters are served by priority class, then (within
+// a class) first come, first served among those a freed slot can serve, or
+// by the optimal assignment (see WaitQueue); newcomers never take a slot a
+// waiter could use.
+type Admission struct {
+	AdmissionOptions
+	// parked, when set (tests), is called each time a waiter is about to
+	// block until a wake, its patience or its deadline.
+	parked func()
+}
+
+// AdmissionOptions build an Admission.
+type AdmissionOptions struct {
+	Store Store
+	Queue *WaitQueue
+	// Backends is how many backends there are (indexes 0..Backends-1);
+	// Free says how many slots the store's view shows free on backend i.
+	Backends int
+	Free     func(i int) int
+	// Clock is admission's time; nil means the wall clock.
+	Clock Clock
+	// Entered and Left, when set, are told when a request joins the wait
+	// queue and when it leaves it, after waiting waited (metrics).
+	Entered func()
+	Left    func(waited time.Duration)
+}
+
+// NewAdmission returns an admission with the given options.
+func NewAdmission(o AdmissionOptions) *Admission {
+	if o.Clock == nil {
+		o.Clock = SystemClock{}
+	}
+	return &Admission{AdmissionOptions: o}
+}
+
+// Admit takes a slot for w, waiting at most maxWait (and never past ctx). It
+// returns the backend the slot is on and how long the request waited in the
+// queue. Errors: ErrQueueFull, ErrWaitTimeout, ErrShed, ctx's error when the
+// client left, and whatever w.Plan or the store returned.
+func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration) (backend int, waited time.Duration, err error) {
+	// The store's calls may take up to the wait budget (a shared store
+	// retries an acquire in doubt within it rather than guess).
+	budget, cancel := context.WithTimeout(ctx, maxWait)
+	defer cancel()
+	plan, err := w.Plan(false, false)
+	if err != nil {
+		return -1, 0, err
+	}
+	if plan.Patience == 0 {
+		// Newcomers leave alone the backends someone is already waiting for.
+		var skip func(int) bool
+		if a.Queue.Len() > 0 {
+			skip = a.Queue.Claimed
+		}
+		if b, err := a.try(budget, w, plan.Try, skip); b >= 0 || err != nil {
+			return b, 0, err
+		}
+	}
+	if w.Shed {
+		return -1, 0, ErrShed
+	}
+
+	start := a.Clock.Now()
+	ticket, err := a.Queue.EnterClass(plan.Wants, w.Class, start)
+	if err != nil {
+		return -1, 0, err
+	}
+	if a.Entered != nil {
+		a.Entered()
+	}
+	a.Queue.SetScores(ticket, plan.Scores)
+	defer func() {
+		a.Queue.Leave(ticket)
+		waited = a.Clock.Now().Sub(start)
+		if a.Left != nil {
+			a.Left(waited)
+		}
+		if backend >= 0 {
+			// Room this waiter did not take (two slots freed, one wake)
+			// must not sit idle behind it until the next release.
+			a.wakeForRoom()
+		}
+	}()
+	deadline := a.Clock.NewTimer(maxWait)
+	defer deadline.Stop()
+	var patienceC <-chan time.Time
+	if plan.Patience > 0 {
+		pt := a.Clock.NewTimer(plan.Patience)
+		defer pt.Stop()
+		patienceC = pt.C()
+	}
+	// A waiter that looks for room on its own (on joining, after settling)
+	// leaves backends that a waiter ahead of it wants to that waiter. A
+	// waiter woken by a release does not: the queue picked it for that
+	// slot, and a waiter ahead with a wake of its own has a slot of its own.
+	claimedAhead := func(i int) bool { return a.Queue.ClaimedAhead(ticket, i) }
+	skip, woken, settled := claimedAhead, false, plan.Patience == 0
+	// Joined the queue before this first look: a slot freed from now on
+	// wakes it, so none is missed between the look and the wait.
+	first := true
+	for {
+		if !first || plan.Patience > 0 {
+			if plan, err = w.Plan(woken, settled); err != nil {
+				return -1, 0, err
+			}
+		}
+		first = false
+		if !plan.Wants.Equal(ticket.wants) {
+			a.Queue.SetWants(ticket, plan.Wants)
+		}
+		a.Queue.SetScores(ticket, plan.Scores)
+		if plan.Patience == 0 {
+			settled = true
+		}
+		b, err := a.try(budget, w, plan.Try, skip)
+		a.Queue.Consumed(ticket)
+		if b >= 0 || err != nil {
+			return b, 0, err
+		}
+		if a.parked != nil {
+			a.parked()
+		}
+		select {
+		case <-ticket.C():
+			skip, woken = nil, true
+		case <-patienceC:
+			// Waiting for a better backend no longer pays: settle for any.
+			patienceC, settled = nil, true
+			skip, woken = claimedAhead, false
+		case <-deadline.C():
+			return -1, 0, ErrWaitTimeout
+		case <-ctx.Done():
+			return -1, 0, ctx.Err()
+		}
+	}
+}
+
+// TryNow asks the store for a slot for w on the candidates (backend indexes,
+// best first), without waiting: a retry on another backend, say. It returns
+// the backend, or -1 when none had room.
+func (a *Admission) TryNow(ctx context.Context, w *Waiter, cands []int) (int, error) {
+	return a.try(ctx, w, cands, nil)
+}
+
+// try asks the store for a slot on the candidates, skipping those skip says.
+func (a *Admission) try(ctx context.Context, w *Waiter, cands []int, skip func(int) bool) (int, error) {
+	if skip != nil {
+		kept := cands[:0:0]
+		for _, c := range cands {
+			if !skip(c) {
+				kept = append(kept, c)
+			}
+		}
+		cands = kept
+	}
+	if len(cands) == 0 {
+		return -1, nil
+	}
+	slots, index := w.Slots(cands)
+	if len(slots) == 0 {
+		w.Settle(-1)
+		return -1, nil
+	}
+	i, err := a.Store.Acquire(ctx, w.ID, slots)
+	chosen := -1
+	if err == nil && i >= 0 {
+		chosen = index[i]
+	}
+	w.Settle(chosen)
+	if err != nil {
+		// The acquire may have run before the error: give back whatever
+		// the id holds, wherever it could be.
+		for _, s := range slots {
+			_ = a.Store.Release(context.WithoutCancel(ctx), w.ID, s.Backend)
+		}
+		return -1, err
+	}
+	return chosen, nil
+}
+
+// wakeForRoom wakes, for every backend the store's view shows with room, the
+// waiter next in line for it that has no wake pending.
+func (a *Admission) wakeForRoom() {
+	a.Queue.wakeForRoom(a.Free, a.Backends)
+}

@@ -1,0 +1,415 @@
+package loadstate
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// admClock is a Clock whose time moves only when the test advances it;
+// its timers fire then.
+type admClock struct {
+	mu     sync.Mutex
+	now    time.Time
+	timers []*admTimer
+}
+
+type admTimer struct {
+	c       chan time.Time
+	at      time.Time
+	stopped bool
+	fired   bool
+}
+
+func newAdmClock() *admClock { return &admClock{now: time.Unix(1_700_000_000, 0)} }
+
+func (c *admClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+
+func (c *admClock) NewTimer(d time.Duration) Timer {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := &admTimer{c: make(chan time.Time, 1), at: c.now.Add(d)}
+	c.timers = append(c.timers, t)
+	return &admTimerHandle{c: c, t: t}
+}
+
+type admTimerHandle struct {
+	c *admClock
+	t *admTimer
+}
+
+func (h *admTimerHandle) C() <-chan time.Time { return h.t.c }
+func (h *admTimerHandle) Stop() bool {
+	h.c.mu.Lock()
+	defer h.c.mu.Unlock()
+	was := !h.t.stopped && !h.t.fired
+	h.t.stopped = true
+	return was
+}
+
+// pending reports how many live timers there are (waiters' deadlines).
+func (c *admClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.timers {
+		if !t.stopped && !t.fired {
+			n++
+		}
+	}
+	return n
+}
+
+func (c *admClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for _, t := range c.timers {
+		if !t.stopped && !t.fired && !c.now.Before(t.at) {
+			t.fired = true
+			t.c <- c.now
+		}
+	}
+}
+
+// admissionEnv is an Admission over a memory store with backends of the given
+// capacities, woken by the store's releases as the router wires it.
+type admissionEnv struct {
+	t      *testing.T
+	store  *MemoryStore
+	queue  *WaitQueue
+	adm    *Admission
+	clock  *admClock
+	caps   []int
+	tries  atomic.Int64 // store calls made
+	parked atomic.Int64 // times a waiter blocked
+	// seenParked is parked as of the test's last look.
+	seenParked int64
+	names      []string
+	cancel     func()
+}
+
+func newAdmissionEnv(t *testing.T, opts QueueOptions, caps ...int) *admissionEnv {
+	e := &admissionEnv{t: t, store: NewMemoryStore(), clock: newAdmClock(), caps: caps}
+	for i := range caps {
+		e.names = append(e.names, string(rune('a'+i)))
+	}
+	opts.Now = e.clock.Now
+	if opts.Max == 0 {
+		opts.Max = 100
+	}
+	e.queue = NewWaitQueueWith(opts)
+	e.adm = NewAdmission(AdmissionOptions{Store: e.store, Queue: e.queue, Backends: len(caps),
+		Free: func(i int) int { return max(caps[i]-e.store.Inflight(e.names[i]), 0) }, Clock: e.clock})
+	e.adm.parked = func() { e.parked.Add(1) }
+	e.cancel = e.store.Watch(func(backend string) {
+		for i, n := range e.names {
+			if n == backend {
+				e.queue.Notify(i)
+			}
+		}
+	})
+	t.Cleanup(e.cancel)
+	return e
+}
+
+// waiter is a request that can use the given backends, tried in that order.
+func (e *admissionEnv) waiter(id string, backends ...int) *Waiter {
+	wants := NewBackendSet(len(e.caps))
+	for _, b := range backends {
+		wants.Add(b)
+	}
+	return &Waiter{
+		ID: id,
+		Plan: func(woken, settled bool) (Plan, error) {
+			return Plan{Try: backends, Wants: wants}, nil
+		},
+		Slots: func(cands []int) ([]Slot, []int) {
+			e.tries.Add(1)
+			slots := make([]Slot, len(cands))
+			for k, c := range cands {
+				slots[k] = Slot{Backend: e.names[c], Capacity: e.caps[c]}
+			}
+			return slots, cands
+		},
+		Settle: func(int) {},
+	}
+}
+
+type admitted struct {
+	backend int
+	waited  time.Duration
+	err     error
+}
+
+func (e *admissionEnv) admit(ctx context.Context, w *Waiter, maxWait time.Duration) chan admitted {
+	out := make(chan admitted, 1)
+	go func() {
+		b, waited, err := e.adm.Admit(ctx, w, maxWait)
+		out <- admitted{b, waited, err}
+	}()
+	return out
+}
+
+// queued waits until n requests wait and the newest has blocked (its timers
+// set, its first look at the store done): the test may then move the clock.
+func (e *admissionEnv) queued(n int) {
+	e.t.Helper()
+	waitFor(e.t, 10*time.Second, "waiters in the queue", func() bool { return e.queue.Len() == n })
+	e.parkedSince(e.seenParked + 1)
+}
+
+// parkedSince waits until waiters blocked n times in all.
+func (e *admissionEnv) parkedSince(n int64) {
+	e.t.Helper()
+	waitFor(e.t, 10*time.Second, "a waiter to block", func() bool { return e.parked.Load() >= n })
+	e.seenParked = e.parked.Load()
+}
+
+func (e *admissionEnv) release(id string, backend int) {
+	e.t.Helper()
+	mustRelease(e.t, e.store, id, e.names[backend])
+}
+
+func TestAdmissionTakesARoomyBackendAtOnce(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1, 2)
+	for i, want := range []int{0, 1, 1} {
+		r := <-e.admit(context.Background(), e.waiter(string(rune('x'+i)), 0, 1), time.Second)
+		if r.err != nil || r.backend != want || r.waited != 0 {
+			t.Fatalf("request %d: %+v, want backend %d at once", i, r, want)
+		}
+	}
+}
+
+// TestAdmissionWaitsForARelease: a request that finds everything full waits,
+// with no timer tick polling the store, until a release wakes it.
+func TestAdmissionWaitsForARelease(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1)
+	if r := <-e.admit(context.Background(), e.waiter("first", 0), time.Second); r.backend != 0 {
+		t.Fatalf("first: %+v", r)
+	}
+	done := e.admit(context.Background(), e.waiter("second", 0), time.Minute)
+	e.queued(1)
+	tries := e.tries.Load()
+	// Time passes (less than the deadline): no polling, no store call.
+	e.clock.advance(30 * time.Second)
+	select {
+	case r := <-done:
+		t.Fatalf("answered without a release: %+v", r)
+	default:
+	}
+	if n := e.tries.Load() - tries; n != 0 {
+		t.Fatalf("%d store calls while nothing was released: polling", n)
+	}
+	e.release("first", 0)
+	r := <-done
+	if r.err != nil || r.backend != 0 || r.waited != 30*time.Second {
+		t.Fatalf("second: %+v, want backend 0 after 30s", r)
+	}
+	if e.queue.Len() != 0 {
+		t.Fatal("the queue kept a served waiter")
+	}
+}
+
+func TestAdmissionDeadline(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1)
+	<-e.admit(context.Background(), e.waiter("first", 0), time.Second)
+	done := e.admit(context.Background(), e.waiter("second", 0), 2*time.Second)
+	e.queued(1)
+	e.clock.advance(1999 * time.Millisecond)
+	select {
+	case r := <-done:
+		t.Fatalf("answered before its deadline: %+v", r)
+	default:
+	}
+	e.clock.advance(time.Millisecond)
+	if r := <-done; !errors.Is(r.err, ErrWaitTimeout) || r.backend != -1 {
+		t.Fatalf("at the deadline: %+v, want ErrWaitTimeout", r)
+	}
+	if e.queue.Len() != 0 || e.store.Inflight("a") != 1 {
+		t.Fatalf("after the timeout: queue %d, inflight %d", e.queue.Len(), e.store.Inflight("a"))
+	}
+}
+
+func TestAdmissionQueueFullShedAndClientGone(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{Max: 1}, 1)
+	<-e.admit(context.Background(), e.waiter("first", 0), time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	waiting := e.admit(ctx, e.waiter("waiting", 0), time.Minute)
+	e.queued(1)
+	if r := <-e.admit(context.Background(), e.waiter("overflow", 0), time.Minute); !errors.Is(r.err, ErrQueueFull) {
+		t.Fatalf("over max_queue: %+v, want ErrQueueFull", r)
+	}
+	shed := e.waiter("shed", 0)
+	shed.Shed = true
+	if r := <-e.admit(context.Background(), shed, time.Minute); !errors.Is(r.err, ErrShed) {
+		t.Fatalf("sheddable: %+v, want ErrShed", r)
+	}
+	cancel()
+	if r := <-waiting; !errors.Is(r.err, context.Canceled) {
+		t.Fatalf("client gone: %+v", r)
+	}
+	if e.queue.Len() != 0 {
+		t.Fatal("a waiter whose client left is still queued")
+	}
+}
+
+// TestAdmissionFIFO: waiters are served in arrival order, and a newcomer
+// never takes the slot an older waiter could use.
+func TestAdmissionFIFO(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1, 1)
+	<-e.admit(context.Background(), e.waiter("h0", 0), time.Second)
+	<-e.admit(context.Background(), e.waiter("h1", 1), time.Second)
+	var order []chan admitted
+	for i, wants := range [][]int{{0}, {0, 1}, {1}} {
+		order = append(order, e.admit(context.Background(), e.waiter("w"+string(rune('0'+i)), wants...), time.Minute))
+		e.queued(i + 1)
+		e.clock.advance(time.Millisecond)
+	}
+	e.release("h1", 1) // w1 (wants 0 or 1) is older than w2 (wants 1)
+	if r := <-order[1]; r.backend != 1 {
+		t.Fatalf("w1: %+v, want backend 1", r)
+	}
+	// A newcomer for backend 0 while w0 waits for it: it must queue behind.
+	late := e.admit(context.Background(), e.waiter("late", 0), time.Minute)
+	e.queued(3)
+	e.release("h0", 0)
+	if r := <-order[0]; r.backend != 0 {
+		t.Fatalf("w0: %+v, want backend 0", r)
+	}
+	select {
+	case r := <-late:
+		t.Fatalf("the newcomer was served before older waiters: %+v", r)
+	default:
+	}
+	e.release("w1", 1)
+	if r := <-order[2]; r.backend != 1 {
+		t.Fatalf("w2: %+v", r)
+	}
+	e.release("w0", 0)
+	if r := <-late; r.backend != 0 {
+		t.Fatalf("late: %+v", r)
+	}
+}
+
+// TestAdmissionPriorities: a higher class is served first; the aging bound
+// lets a lower class that has waited longer than Aging go ahead.
+func TestAdmissionPriorities(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{Aging: 10 * time.Second}, 1)
+	<-e.admit(context.Background(), e.waiter("holder", 0), time.Second)
+	low := e.waiter("low", 0)
+	low.Class = 2
+	lowDone := e.admit(context.Background(), low, time.Hour)
+	e.queued(1)
+	e.clock.advance(5 * time.Second)
+	high := e.waiter("high", 0) // class 0, 5s later: 20s of aging ahead
+	highDone := e.admit(context.Background(), high, time.Hour)
+	e.queued(2)
+	e.release("holder", 0)
+	if r := <-highDone; r.backend != 0 {
+		t.Fatalf("high: %+v", r)
+	}
+	// Aging: a class-1 request arriving now is behind low (which arrived
+	// 5s ago with 20s of class penalty: at +15s; class 1 now: at +15s too,
+	// but later in line), and one arriving 20s later surely is.
+	e.clock.advance(20 * time.Second)
+	mid := e.waiter("mid", 0)
+	mid.Class = 1
+	midDone := e.admit(context.Background(), mid, time.Hour)
+	e.queued(2)
+	e.release("high", 0)
+	if r := <-lowDone; r.backend != 0 {
+		t.Fatalf("low, waiting longer than the aging bound: %+v", r)
+	}
+	e.release("low", 0)
+	if r := <-midDone; r.backend != 0 {
+		t.Fatalf("mid: %+v", r)
+	}
+}
+
+// TestAdmissionPatience: a request waiting for a better (full) backend takes
+// a slot on the other once its patience runs out.
+func TestAdmissionPatience(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1, 4)
+	<-e.admit(context.Background(), e.waiter("fast-holder", 0), time.Second)
+	better := NewBackendSet(2)
+	better.Add(0)
+	any := NewBackendSet(2)
+	any.Add(0)
+	any.Add(1)
+	var plans []bool
+	w := e.waiter("patient", 0, 1)
+	w.Plan = func(woken, settled bool) (Plan, error) {
+		plans = append(plans, settled)
+		if !settled {
+			return Plan{Try: []int{0}, Wants: better, Patience: 3 * time.Second}, nil
+		}
+		return Plan{Try: []int{0, 1}, Wants: any}, nil
+	}
+	done := e.admit(context.Background(), w, time.Minute)
+	e.queued(1)
+	if e.store.Inflight("b") != 0 {
+		t.Fatal("took the slower backend without waiting")
+	}
+	e.clock.advance(3 * time.Second)
+	if r := <-done; r.backend != 1 || r.err != nil {
+		t.Fatalf("after its patience: %+v, want the other backend", r)
+	}
+}
+
+// TestAdmissionAssignMode: a freed slot goes to the waiter it suits best,
+// not the oldest, unless the oldest has waited a whole Aging longer.
+func TestAdmissionAssignMode(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{Assign: true, Aging: 10 * time.Second}, 1)
+	<-e.admit(context.Background(), e.waiter("holder", 0), time.Second)
+	scored := func(id string, score float64) *Waiter {
+		w := e.waiter(id, 0)
+		plan := w.Plan
+		w.Plan = func(woken, settled bool) (Plan, error) {
+			p, err := plan(woken, settled)
+			p.Scores = []float64{score}
+			return p, err
+		}
+		return w
+	}
+	poor := e.admit(context.Background(), scored("poor", 0.2), time.Hour)
+	e.queued(1)
+	e.clock.advance(time.Second)
+	good := e.admit(context.Background(), scored("good", 0.9), time.Hour)
+	e.queued(2)
+	e.release("holder", 0)
+	if r := <-good; r.backend != 0 {
+		t.Fatalf("good: %+v", r)
+	}
+	// Now poor has waited 20s more than a fresh better-suited waiter: the age
+	// term (2 points) outweighs the score (0.7).
+	e.clock.advance(20 * time.Second)
+	better := e.admit(context.Background(), scored("better", 0.9), time.Hour)
+	e.queued(2)
+	e.release("good", 0)
+	if r := <-poor; r.backend != 0 {
+		t.Fatalf("poor, after waiting long: %+v", r)
+	}
+	e.release("poor", 0)
+	<-better
+}
+
+// TestWaitQueueNotifyManyAssigns: two slots freed together go to the two
+// waiters that suit them best in total (greedy would not).
+func TestWaitQueueNotifyManyAssigns(t *testing.T) {
+	clock := newAdmClock()
+	q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, Now: clock.Now})
+	a, _ := q.Enter(set(2, 0, 1))
+	q.SetScores(a, []float64{0.9, 0.8})
+	b, _ := q.Enter(set(2, 0, 1))
+	q.SetScores(b, []float64{0.8, 0.1})
+	if n := q.NotifyMany([]int{0, 1}); n != 2 {
+		t.Fatalf("woke %d, want 2", n)
+	}
+	if a.woken != 1 || b.woken != 0 {
+		t.Fatalf("a woken for %d, b for %d; want a→1, b→0 (total 1.6, not greedy's 1.0)", a.woken, b.woken)
+	}
+}
