@@ -440,9 +440,9 @@ func TestOptimalScores(t *testing.T) {
 		t.Fatal("balanced assigns")
 	}
 	p := mkPool(
-		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 1.0)}, l: Load{Inflight: 2, Perf: slowPerf}},  // full, great coder, slow
-		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 0.5)}, l: Load{Inflight: 0, Perf: fastPerf}},  // half as good, fast
-		node{b: Backend{MaxInflight: 2, Capabilities: caps("chat", 1.0)}, l: Load{Perf: fastPerf}},                  // cannot code
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 1.0)}, l: Load{Inflight: 2, Perf: slowPerf}}, // full, great coder, slow
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("coding", 0.5)}, l: Load{Inflight: 0, Perf: fastPerf}}, // half as good, fast
+		node{b: Backend{MaxInflight: 2, Capabilities: caps("chat", 1.0)}, l: Load{Perf: fastPerf}},                // cannot code
 	)
 	req := Request{Model: AutoModel, Capability: "coding", MaxTokens: 16}
 	out := make([]float64, 3)

@@ -188,6 +188,7 @@ func (q *WaitQueue) SetScores(t *Ticket, scores []float64) {
 	t.scores = append(t.scores[:0], scores...)
 	q.mu.Unlock()
 }
+
 // countLocked adds d to the waiter count of every backend in wants.
 func (q *WaitQueue) countLocked(wants BackendSet, d int32) {
 	p := q.per.Load()
