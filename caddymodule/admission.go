@@ -429,6 +429,37 @@ func (rt *routing) full(msg string) *apiError {
 	if rt.h.FullStatus == http.StatusTooManyRequests {
 		e.Type = "rate_limit_error" // what OpenAI's clients expect with a 429
 	}
-	e.RetryAfter, e.Jitter = time.Second, true
+	e.RetryAfter, e.Jitter = rt.h.drainTime(), true
 	return e
+}
+
+// Bounds of the Retry-After told to requests refused as full, before the
+// jitter (which spreads it over [d, 2d]: at most a minute in all).
+const (
+	minRetryAfter = time.Second
+	maxRetryAfter = 30 * time.Second
+)
+
+// drainTime estimates how long the requests now waiting take to be served:
+// the queue's length over the pool's recent service rate, Σ max_inflight ÷
+// mean service time over the backends whose service time is known. It is
+// the Retry-After (jittered) of a request refused as full, bounded to
+// [1s, 30s]; 1s while nothing is known.
+func (h *Handler) drainTime() time.Duration {
+	view := h.learned.get(h, now())
+	var rate float64 // requests per second
+	for i := range h.backends {
+		var svc time.Duration
+		for _, p := range view.backends[i].perf {
+			svc = max(svc, p.MeanService)
+		}
+		if svc > 0 {
+			rate += float64(h.backends[i].MaxInflight) / svc.Seconds()
+		}
+	}
+	if rate <= 0 {
+		return minRetryAfter
+	}
+	d := time.Duration(float64(h.queue.Len()+1) / rate * float64(time.Second))
+	return min(max(d, minRetryAfter), maxRetryAfter)
 }
