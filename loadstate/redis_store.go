@@ -152,6 +152,10 @@ type RedisStore struct {
 	healthQueue []HealthEvent // news for the next release batch; under mu
 	healthSink  healthSinkPtr
 
+	// What rewake saw last.
+	lastMode atomic.Pointer[string]
+	lastLive atomic.Int64
+
 	wake       chan struct{}
 	stop       chan struct{}
 	done       chan struct{}
@@ -201,6 +205,10 @@ type backendState struct {
 	fleetTokens, ownTokens atomic.Int64
 	reservedTokens         int64
 	tokenLimited           atomic.Bool // an acquire gave it a token capacity: heartbeats add up its tokens
+
+	// lastView is Inflight as of the last rewake: a drop is news for the
+	// waiters (see rewake).
+	lastView atomic.Int64
 }
 
 // dropLocked takes a lease of this replica out of the backend's counts (its
@@ -215,6 +223,29 @@ func (b *backendState) dropLocked(h *heldLease) {
 			if b.fleetTokens.CompareAndSwap(cur, max(cur-h.tokens, 0)) {
 				break
 			}
+		}
+	}
+}
+
+// rewake tells the watchers of every backend whose in-flight count, as this
+// replica sees it, dropped since the last look: slots freed without a release
+// notice reaching this replica (another replica's releases learned from a
+// heartbeat, the end of other replicas' last-seen leases while Redis is down,
+// expired leases), and all of them when the fleet or the mode changed (the
+// local shares moved). Waiters are woken only by such news and by their
+// deadlines, never by a timer tick of their own. It runs on the background
+// goroutine, after every heartbeat, probe and release batch.
+func (s *RedisStore) rewake() {
+	mode, live := s.Mode(), int64(s.LiveReplicas())
+	prevMode := s.lastMode.Swap(&mode)
+	changed := prevMode == nil || *prevMode != mode
+	if prev := s.lastLive.Swap(live); prev != live {
+		changed = true
+	}
+	for _, st := range s.knownStates() {
+		n := int64(s.Inflight(st.name))
+		if prev := st.lastView.Swap(n); n < prev || changed {
+			s.watchers.notify(st.name)
 		}
 	}
 }
@@ -579,6 +610,7 @@ func (s *RedisStore) run() {
 				}
 			}
 		}
+		s.rewake()
 		timer.Reset(max(time.Until(next), 0))
 	}
 }
