@@ -74,7 +74,9 @@ func TestIntegrationPriorities(t *testing.T) {
 	depth := metricValue(t, theMetrics().queueDepth)
 	results := make(chan result, 3)
 	for _, tt := range []struct{ user, class string }{{"low", "low"}, {"normal", ""}, {"high", "HIGH"}} {
-		go func() { results <- send(context.Background(), http.DefaultClient, url, userBody(tt.user), "X-Priority", tt.class) }()
+		go func() {
+			results <- send(context.Background(), http.DefaultClient, url, userBody(tt.user), "X-Priority", tt.class)
+		}()
 		want := depth + 1
 		eventually(t, drainTimeout, tt.user+" to wait", func() bool { return metricValue(t, theMetrics().queueDepth) == want })
 		depth = want
