@@ -229,7 +229,8 @@ func (rt *routing) unhealthy() *apiError {
 // takes the best backend with room, or waits for any.
 func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
-	w := &loadstate.Waiter{ID: rt.id, Class: rt.class, Shed: h.shed[rt.class], Plan: rt.plan, Slots: rt.slots, Settle: rt.settle}
+	w := &loadstate.Waiter{ID: rt.id, Class: rt.class, Shed: h.shed[rt.class], Plan: rt.plan, Slots: rt.slots, Settle: rt.settle,
+		Want: rt.want, Index: h.backendIndex}
 	b, waited, err := h.admission.Admit(rt.ctx, w, time.Duration(h.MaxWait))
 	rt.wait = waited
 	var apiErr *apiError
@@ -334,6 +335,28 @@ func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
 		rt.decision = append(rt.decision[:0], rt.sc.cands...)
 	}
 	return slots, idx
+}
+
+// want describes the backends the request waits for, as slots (no claims).
+func (rt *routing) want(backends []int) []loadstate.Slot {
+	out := make([]loadstate.Slot, 0, len(backends))
+	for _, i := range backends {
+		b := &rt.h.backends[i]
+		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight}
+		if b.MaxTokensInflight > 0 {
+			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
+		}
+		out = append(out, slot)
+	}
+	return out
+}
+
+// backendIndex is a backend's index by name, -1 for none.
+func (h *Handler) backendIndex(name string) int {
+	if i, ok := h.index[name]; ok {
+		return i
+	}
+	return -1
 }
 
 // settle gives back the probe claims slots made on backends the store did
@@ -460,6 +483,6 @@ func (h *Handler) drainTime() time.Duration {
 	if rate <= 0 {
 		return minRetryAfter
 	}
-	d := time.Duration(float64(h.queue.Len()+1) / rate * float64(time.Second))
+	d := time.Duration(float64(h.admission.Waiting()+1) / rate * float64(time.Second))
 	return min(max(d, minRetryAfter), maxRetryAfter)
 }

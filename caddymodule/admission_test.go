@@ -21,6 +21,7 @@ func TestDrainTime(t *testing.T) {
 		learned:   new(learnedCache),
 		queue:     loadstate.NewWaitQueue(1000),
 	}
+	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{Queue: h.queue})
 	if d := h.drainTime(); d != minRetryAfter {
 		t.Fatalf("nothing known: %v, want %v", d, minRetryAfter)
 	}

@@ -189,6 +189,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()
 	h.metrics = registerMetrics(ctx.GetMetricsRegistry(), h.logger)
+	if rs, ok := h.store.(*loadstate.RedisStore); ok {
+		rs.SetQueueMode(h.strategy.Assigns(), time.Duration(h.PriorityAging))
+	}
 	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{
 		Store: h.store, Queue: h.queue, Backends: len(h.backends),
 		Free:    func(i int) int { return h.backends[i].MaxInflight - h.store.Inflight(h.backends[i].Name) },

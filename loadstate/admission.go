@@ -3,6 +3,7 @@ package loadstate
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -83,6 +84,11 @@ type Waiter struct {
 	// Settle is told which backend the store gave (-1 for none) after every
 	// store call Slots prepared, so it can give back the claims it made.
 	Settle func(backend int)
+	// Want describes backends the request waits for (no claims), and
+	// Index finds a backend's index by name: what a fleet-wide queue needs
+	// (see FleetQueue). Without them the request queues locally.
+	Want  func(backends []int) []Slot
+	Index func(name string) int
 }
 
 // Admission admits requests to backend slots: it asks the store for a slot
@@ -98,7 +104,13 @@ type Admission struct {
 	// parked, when set (tests), is called each time a waiter is about to
 	// block until a wake, its patience or its deadline.
 	parked func()
+	// fleetWaiting counts this replica's requests in a fleet-wide queue.
+	fleetWaiting atomic.Int64
 }
+
+// Waiting is how many of this replica's requests wait, in the local queue
+// or the fleet-wide one.
+func (a *Admission) Waiting() int { return a.Queue.Len() + int(a.fleetWaiting.Load()) }
 
 // AdmissionOptions build an Admission.
 type AdmissionOptions struct {
@@ -137,6 +149,49 @@ func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration)
 	if err != nil {
 		return -1, 0, err
 	}
+	fq, _ := a.Store.(FleetQueue)
+	if w.Want == nil || w.Index == nil {
+		fq = nil
+	}
+	// A waiter moves between the fleet-wide queue and the local one as the
+	// store loses and regains its backing service, keeping its budget.
+	for {
+		var b int
+		var more time.Duration
+		if fq != nil && fq.Queueing() {
+			b, more, err = a.admitFleet(ctx, budget, fq, w, plan, maxWait)
+			if !errors.Is(err, errFleetInterrupted) {
+				return b, waited + more, err
+			}
+		} else {
+			b, more, err = a.admitLocal(ctx, budget, fq, w, plan, maxWait)
+			if !errors.Is(err, errLocalInterrupted) {
+				return b, waited + more, err
+			}
+		}
+		waited += more
+		if maxWait -= more; maxWait <= 0 {
+			return -1, waited, ErrWaitTimeout
+		}
+		if plan, err = w.Plan(false, false); err != nil {
+			return -1, waited, err
+		}
+	}
+}
+
+// The waiter's queue changed under it.
+var (
+	// errFleetInterrupted: the fleet-wide queue became unusable.
+	errFleetInterrupted = errors.New("the fleet-wide queue became unusable")
+	// errLocalInterrupted: the fleet-wide queue is usable again.
+	errLocalInterrupted = errors.New("the fleet-wide queue is usable again")
+)
+
+// admitLocal is Admit through this replica's own queue. With fq, it gives
+// up (errLocalInterrupted) when fq's queue becomes usable again, so that the
+// waiter joins the fleet's line rather than wait for local wakes that the
+// fleet's releases no longer send.
+func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Waiter, plan Plan, maxWait time.Duration) (backend int, waited time.Duration, err error) {
 	if plan.Patience == 0 {
 		// Newcomers leave alone the backends someone is already waiting for.
 		var skip func(int) bool
@@ -149,6 +204,10 @@ func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration)
 	}
 	if w.Shed {
 		return -1, 0, ErrShed
+	}
+	var resumed <-chan struct{}
+	if fq != nil {
+		resumed = fq.Resumed()
 	}
 
 	start := a.Clock.Now()
@@ -218,12 +277,146 @@ func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration)
 			// Waiting for a better backend no longer pays: settle for any.
 			patienceC, settled = nil, true
 			skip, woken = claimedAhead, false
+		case <-resumed:
+			return -1, 0, errLocalInterrupted
 		case <-deadline.C():
 			return -1, 0, ErrWaitTimeout
 		case <-ctx.Done():
 			return -1, 0, ctx.Err()
 		}
 	}
+}
+
+// admitFleet is Admit through a fleet-wide queue: one round trip asks for a
+// slot or joins the queue; a release anywhere in the fleet hands the request
+// its slot and tells this replica, so waiting costs nothing more (leaving
+// early costs one call).
+func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Waiter, plan Plan, maxWait time.Duration) (backend int, waited time.Duration, err error) {
+	start := a.Clock.Now()
+	deadline := a.Clock.NewTimer(maxWait)
+	defer deadline.Stop()
+	var patienceC <-chan time.Time
+	if plan.Patience > 0 {
+		pt := a.Clock.NewTimer(plan.Patience)
+		defer pt.Stop()
+		patienceC = pt.C()
+	}
+	queued := false
+	defer func() {
+		if queued {
+			a.fleetWaiting.Add(-1)
+			waited = a.Clock.Now().Sub(start)
+			if a.Left != nil {
+				a.Left(waited)
+			}
+		}
+	}()
+	settled := plan.Patience == 0
+	for {
+		try := plan.Try
+		if !settled {
+			try = nil // full as far as this replica knows: wait for them
+		}
+		var ticket *QueueTicket
+		if !w.Shed && (queued || a.Waiting() < a.Queue.max) {
+			ticket = a.ticket(w, plan, maxWait)
+		}
+		slots, _ := w.Slots(try)
+		name, inQueue, err := fq.AcquireOrQueue(budget, w.ID, slots, ticket)
+		chosen := -1
+		if name != "" {
+			chosen = w.Index(name)
+		}
+		w.Settle(chosen)
+		if err != nil {
+			return -1, 0, err
+		}
+		if chosen >= 0 {
+			return chosen, 0, nil
+		}
+		if !inQueue {
+			switch {
+			case w.Shed:
+				return -1, 0, ErrShed
+			case ticket == nil:
+				return -1, 0, ErrQueueFull
+			case !fq.Queueing():
+				return -1, 0, errFleetInterrupted // decided locally: Redis is down
+			}
+			return -1, 0, ErrWaitTimeout // nothing to wait for
+		}
+		if !queued {
+			queued = true
+			a.fleetWaiting.Add(1)
+			if a.Entered != nil {
+				a.Entered()
+			}
+		}
+		if a.parked != nil {
+			a.parked()
+		}
+		select {
+		case name := <-fq.Granted(w.ID):
+			return w.Index(name), 0, nil
+		case <-fq.Interrupted():
+			// Redis went away: the ticket lapses there; a slot handed to it
+			// if Redis answers again is given back. Queue locally.
+			if name, _ := fq.LeaveQueue(budget, w.ID); name != "" {
+				return w.Index(name), 0, nil
+			}
+			return -1, a.Clock.Now().Sub(start), errFleetInterrupted
+		case <-patienceC:
+			// Waiting for a better backend no longer pays: leave the
+			// queue and ask again for any backend (a grant that arrived
+			// meanwhile is taken).
+			patienceC = nil
+			if name, err := fq.LeaveQueue(budget, w.ID); err != nil || name != "" {
+				if name != "" {
+					return w.Index(name), 0, nil
+				}
+				return -1, 0, err
+			}
+			settled = true
+			if plan, err = w.Plan(false, true); err != nil {
+				return -1, 0, err
+			}
+		case <-deadline.C():
+			if name, err := fq.LeaveQueue(context.WithoutCancel(ctx), w.ID); name != "" && err == nil {
+				return w.Index(name), 0, nil // handed a slot as time ran out: take it
+			}
+			return -1, 0, ErrWaitTimeout
+		case <-ctx.Done():
+			if name, _ := fq.LeaveQueue(context.WithoutCancel(ctx), w.ID); name != "" {
+				_ = a.Store.Release(context.WithoutCancel(ctx), w.ID, name)
+			}
+			return -1, 0, ctx.Err()
+		}
+	}
+}
+
+// ticket describes the request's wait for a fleet-wide queue.
+func (a *Admission) ticket(w *Waiter, plan Plan, maxWait time.Duration) *QueueTicket {
+	var wants []int
+	for i := range a.Backends {
+		if plan.Wants.Has(i) {
+			wants = append(wants, i)
+		}
+	}
+	if len(wants) == 0 {
+		return nil
+	}
+	t := &QueueTicket{Wants: w.Want(wants), Class: w.Class, Aging: a.Queue.aging, Assign: a.Queue.assign,
+		TTL: maxWait + time.Second}
+	if a.Queue.assign && plan.Scores != nil {
+		for _, i := range wants {
+			score := 0.0
+			if i < len(plan.Scores) {
+				score = plan.Scores[i]
+			}
+			t.Scores = append(t.Scores, score)
+		}
+	}
+	return t
 }
 
 // TryNow asks the store for a slot for w on the candidates (backend indexes,

@@ -43,7 +43,8 @@ func (s *RedisStore) Acquire(ctx context.Context, id string, candidates []Slot) 
 	if s.down.Load() {
 		return s.acquireLocal(id, states, candidates, now), nil
 	}
-	return s.acquireRedis(ctx, id, states, candidates, now, false)
+	chosen, _, err := s.acquireRedis(ctx, id, states, candidates, nil, now, false)
+	return chosen, err
 }
 
 func indexOf(states []*backendState, st *backendState) int {
@@ -57,9 +58,21 @@ func indexOf(states []*backendState, st *backendState) int {
 	return -1
 }
 
+// queueCall is what the acquire script needs beyond plain candidates to put
+// a request in the fleet-wide queue: which backends to try (rank[i] > 0, in
+// rank order; the others are only wanted), which it wants (scores[i] != ""),
+// and its ticket.
+type queueCall struct {
+	rank   []int
+	scores []string
+	ticket *QueueTicket
+}
+
 // acquireRedis takes a slot through the acquire script; again is set on the
-// one retry after the script reported a new epoch.
-func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, now time.Time, again bool) (int, error) {
+// one retry after the script reported a new epoch. With q, candidates are
+// every backend of the call (tried or wanted) and a request that finds no
+// room joins the queue (queued reports it).
+func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*backendState, candidates []Slot, q *queueCall, now time.Time, again bool) (int, bool, error) {
 	t := s.tun()
 	n := len(candidates)
 	// Until Redis's counts can be trusted again, a candidate is offered to the
@@ -85,27 +98,48 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 	// attempt whose reply was lost took. It is unique to this call, so the
 	// cleanup after giving up can never remove another acquisition.
 	member := s.leaseMember(id, cost)
+	if q != nil && q.ticket != nil {
+		s.noteTicket(id, member, cost, states, q.scores)
+	}
 	trustedEpoch := *s.epoch.Load()
-	keys := make([]string, 2+n)
-	args := make([]any, 5+4*n)
-	keys[0] = s.epochKey
-	args[0], args[1], args[2], args[3], args[4] = member, t.leaseMs, trustedEpoch, s.freshArg, s.chanArg
+	keys := make([]string, 3+2*n)
+	args := make([]any, 12+6*n)
+	keys[0], keys[1], keys[2] = s.epochKey, s.keys.probes(), s.keys.tickets()
+	args[0], args[1], args[2], args[3], args[4], args[5] = member, t.leaseMs, trustedEpoch, s.freshArg, s.chanArg, s.grantPrefix
+	args[6], args[7], args[8], args[9], args[10], args[11] = "", s.opts.ReplicaID, int64(0), int64(0), "0", int64(1)
+	if q != nil && q.ticket != nil {
+		tk := q.ticket
+		aging := max(tk.Aging, time.Millisecond).Milliseconds()
+		args[6] = id
+		args[8] = int64(tk.Class) * aging
+		args[11] = aging
+		args[9] = max(tk.TTL, t.Lease).Milliseconds()
+		if tk.Assign {
+			args[10] = "1"
+		}
+	}
 	for i, c := range candidates {
-		keys[1+i] = states[i].key
+		keys[3+i] = states[i].key
+		keys[3+n+i] = states[i].queueKey
 		capacity := c.Capacity
 		if shareLimited && !reserved[i] {
 			capacity = 0
 		}
-		args[5+i] = capacity
-		args[5+n+i] = states[i].nameArg
-		args[5+2*n+i] = max(c.TokenCapacity, 0)
+		args[12+i] = capacity
+		args[12+n+i] = states[i].nameArg
+		args[12+2*n+i] = max(c.TokenCapacity, 0)
 		probe := "0"
 		if c.Probe {
 			probe = "1"
 		}
-		args[5+3*n+i] = probe
+		args[12+3*n+i] = probe
+		rank, score := i+1, ""
+		if q != nil {
+			rank, score = q.rank[i], q.scores[i]
+		}
+		args[12+4*n+i] = rank
+		args[12+5*n+i] = score
 	}
-	keys[1+n] = s.keys.probes()
 
 	var reply acquireReply
 	var err error
@@ -166,20 +200,26 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 			s.queue = append(s.queue, pendingRelease{backend: st, member: member, until: now.Add(t.Lease), notified: true})
 		}
 	}
+	if err != nil || reply.chosen == -2 || reply.chosen >= 0 || !reply.queued {
+		s.dropTicketLocked(id) // not waiting in the queue (a ticket that made it in stays until cancelled)
+	}
 	if err != nil {
 		s.mu.Unlock()
 		s.signal()
+		if q != nil && q.ticket != nil {
+			s.forgetTicket(id)
+		}
 		if budgetOver || ctx.Err() != nil {
 			cause := ctx.Err()
 			if cause == nil { // the deadline passed; its timer has yet to mark ctx
 				cause = context.DeadlineExceeded
 			}
-			return -1, fmt.Errorf("acquiring a slot: %w", cause)
+			return -1, false, fmt.Errorf("acquiring a slot: %w", cause)
 		}
 		if s.closed.Load() {
-			return -1, errStoreClosed
+			return -1, false, errStoreClosed
 		}
-		return s.acquireLocal(id, states, candidates, now), nil
+		return s.acquireTriedLocal(id, states, candidates, q, now), false, nil
 	}
 	if reply.chosen == -2 {
 		s.mu.Unlock()
@@ -189,9 +229,9 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 			// Redis answers: ask it again under the new epoch, now
 			// share-limited, rather than trust local counts that may have
 			// been read from Redis after the loss.
-			return s.acquireRedis(ctx, id, states, candidates, now, true)
+			return s.acquireRedis(ctx, id, states, candidates, q, now, true)
 		}
-		return s.acquireLocal(id, states, candidates, now), nil
+		return s.acquireTriedLocal(id, states, candidates, q, now), false, nil
 	}
 
 	now = s.opts.Now() // the counts are as of the script's run, after the round trip
@@ -204,7 +244,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		}
 		s.mu.Unlock()
 		s.signal()
-		return indexOf(states, prev.backend), nil
+		return indexOf(states, prev.backend), false, nil
 	}
 	if chosen >= 0 {
 		st := states[chosen]
@@ -222,7 +262,32 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		}
 	}
 	s.mu.Unlock()
-	return chosen, nil
+	return chosen, reply.queued && chosen < 0, nil
+}
+
+// acquireTriedLocal decides locally among the backends of a call that are to
+// be tried, in rank order (all of them without q), and returns the chosen
+// one's index in the call.
+func (s *RedisStore) acquireTriedLocal(id string, states []*backendState, candidates []Slot, q *queueCall, now time.Time) int {
+	if q == nil {
+		return s.acquireLocal(id, states, candidates, now)
+	}
+	var idx []int
+	for r := 1; r <= len(candidates); r++ {
+		for i, rank := range q.rank {
+			if rank == r {
+				idx = append(idx, i)
+			}
+		}
+	}
+	st, slots := make([]*backendState, len(idx)), make([]Slot, len(idx))
+	for k, i := range idx {
+		st[k], slots[k] = states[i], candidates[i]
+	}
+	if k := s.acquireLocal(id, st, slots, now); k >= 0 {
+		return idx[k]
+	}
+	return -1
 }
 
 // callerEnded reports whether ctx is done or its deadline has passed: an
@@ -253,6 +318,7 @@ type acquireReply struct {
 	epoch  string
 	counts []int64
 	sums   []int64 // tokens in flight
+	queued bool    // the ticket waits in the fleet-wide queue
 }
 
 func parseAcquireReply(raw []any, n int) (acquireReply, error) {
@@ -269,9 +335,11 @@ func parseAcquireReply(raw []any, n int) (acquireReply, error) {
 	if chosen == -2 {
 		return r, nil
 	}
-	if len(raw) != 2+2*n || chosen < -1 || chosen >= int64(n) {
+	if len(raw) != 3+2*n || chosen < -1 || chosen >= int64(n) {
 		return r, fmt.Errorf("acquire script: reply of %d values for %d candidates, chosen %d", len(raw), n, chosen)
 	}
+	q, _ := raw[2+2*n].(int64)
+	r.queued = q == 1
 	r.counts, r.sums = make([]int64, n), make([]int64, n)
 	for i := range 2 * n {
 		c, ok := raw[2+i].(int64)

@@ -111,6 +111,7 @@ func (s *RedisStore) trip(op string, err error) {
 	b.failing.Store(false)
 	b.mu.Unlock()
 	s.stats.trips.Add(1)
+	s.interrupt()
 	s.warnOutage("redis unavailable: admitting requests from local state until it answers again",
 		zap.String("op", op), zap.String("mode", s.Mode()), zap.String("pool", s.opts.Pool), zap.Error(err))
 	s.signal()
@@ -141,12 +142,15 @@ func (s *RedisStore) recover() bool {
 	s.mu.Lock()
 	s.contactSince = s.opts.Now()
 	s.mu.Unlock()
-	s.untrusted.Store(true)
+	s.distrust()
 	s.resyncFrom.Store(true) // the next heartbeat's Redis time: the others must beat after it
 	if s.beat() != nil {
 		return false
 	}
 	s.down.Store(false)
+	if s.Queueing() { // fail-open; otherwise once the counts are trusted again
+		s.resume()
+	}
 	s.logRecovery("redis reachable again: leases resynchronised, sharing load through redis",
 		zap.String("pool", s.opts.Pool))
 	return true
@@ -154,6 +158,13 @@ func (s *RedisStore) recover() bool {
 
 // trusted reports whether Redis's counts can be taken as the fleet's.
 func (s *RedisStore) trusted() bool { return !s.untrusted.Load() }
+
+// distrust marks Redis's counts untrusted; requests waiting in the
+// fleet-wide queue move to the local one (see Queueing).
+func (s *RedisStore) distrust() {
+	s.untrusted.Store(true)
+	s.interrupt()
+}
 
 // learnEpoch records the epoch Redis reported; a different one than the one
 // this replica trusts means Redis lost its data.
@@ -173,7 +184,7 @@ func (s *RedisStore) epochChanged(epoch string) {
 	if *old == epoch {
 		return
 	}
-	s.untrusted.Store(true)
+	s.distrust()
 	if *old == "" {
 		return // first contact: nothing was trusted before
 	}

@@ -87,12 +87,16 @@ func (s *RedisStore) beat() error {
 		mark = "*"
 	}
 	s.mu.Unlock()
-	keys := make([]string, 5+len(states))
-	keys[0], keys[1], keys[2], keys[3], keys[4] = s.epochKey, s.keys.replicas(), s.keys.replicaInfo(), s.keys.backends(), s.keys.replicaSync()
-	args := make([]any, 6+2*len(states))
+	nb := len(states)
+	keys := make([]string, 6+2*nb)
+	keys[0], keys[1], keys[2], keys[3], keys[4], keys[5] = s.epochKey, s.keys.replicas(), s.keys.replicaInfo(), s.keys.backends(), s.keys.replicaSync(), s.keys.tickets()
+	args := make([]any, 9+2*nb)
 	args[0], args[1], args[2], args[3], args[4], args[5] = s.opts.ReplicaID, s.info, t.leaseMs, mark, s.freshEpoch, s.channel
+	assign, aging := s.queueMode()
+	args[6+2*nb], args[7+2*nb], args[8+2*nb] = s.grantPrefix, assign, aging
 	for i, st := range states {
-		keys[5+i] = st.key
+		keys[6+i] = st.key
+		keys[6+nb+i] = st.queueKey
 		args[6+i] = st.name
 		flag := "0" // whether to add up its tokens in flight
 		if st.tokenLimited.Load() {
@@ -130,6 +134,7 @@ func (s *RedisStore) beat() error {
 	s.fleet.Store(fleet)
 	if s.untrusted.Load() && s.fleetInSync(fleet, reply) {
 		s.untrusted.Store(false)
+		defer s.resume() // after s.mu is released
 	}
 	trusted := s.trusted()
 	for i, st := range states {

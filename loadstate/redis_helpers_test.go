@@ -20,6 +20,8 @@ type redisEnv struct {
 	cfg   func(timeout time.Duration) RedisConfig
 	stats func() map[string]int64
 	reset func()
+	// usec is CPU microseconds per command (standalone only; nil otherwise).
+	usec func() map[string]int64
 }
 
 func standaloneEnv(srv *redistest.Server) redisEnv {
@@ -27,6 +29,7 @@ func standaloneEnv(srv *redistest.Server) redisEnv {
 		cfg:   func(timeout time.Duration) RedisConfig { return RedisConfig{URL: srv.URL(), Timeout: timeout} },
 		stats: srv.CommandStats,
 		reset: srv.ResetStats,
+		usec:  srv.CommandUsec,
 	}
 }
 

@@ -68,6 +68,19 @@ func (k keyspace) learned() string { return k.base + "learned" }
 // probe a replica holds on that backend (one at a time, fleet-wide).
 func (k keyspace) probes() string { return k.base + "probes" }
 
+// tickets is the hash of the pool's waiting requests: ticket id (a lease id)
+// → ticket (see queueLua).
+func (k keyspace) tickets() string { return k.base + "tickets" }
+
+// queue is the sorted set of the tickets waiting for a backend: member =
+// ticket id, score = place in line (arrival in Redis ms plus the class's
+// aging).
+func (k keyspace) queue(backend string) string { return k.base + "queue:" + keyPart(backend) }
+
+// grants is the prefix of the replicas' grant channels: a replica hears on
+// grants+<its id> that a slot was handed to one of its waiting requests.
+func (k keyspace) grants() string { return k.base + "granted:" }
+
 // released is the pub/sub channel on which freed slots are announced.
 func (k keyspace) released() string { return k.base + "released" }
 

@@ -33,7 +33,7 @@ func (s *RedisStore) Release(_ context.Context, id, backend string) error {
 		return nil
 	}
 	// The slot is free in local state now; nobody else needs telling.
-	s.watchers.notify(backend)
+	s.tell(backend)
 	return nil
 }
 
@@ -137,15 +137,18 @@ func (s *RedisStore) flushReleases() bool {
 		}
 
 		n := len(batch)
-		keys := make([]string, n+1)
-		args := make([]any, 3+2*n)
-		args[0], args[1], args[2] = s.chanArg, s.opts.ReplicaID, encodeHealthEvents(events)
+		keys := make([]string, 2+2*n)
+		args := make([]any, 7+2*n)
+		keys[0], keys[1] = s.keys.probes(), s.keys.tickets()
+		assign, aging := s.queueMode()
+		args[0], args[1], args[2], args[3], args[4], args[5], args[6] = s.chanArg, s.opts.ReplicaID, encodeHealthEvents(events),
+			s.grantPrefix, s.tun().leaseMs, assign, aging
 		for i, r := range batch {
-			keys[i] = r.backend.key
-			args[3+i] = r.member
-			args[3+n+i] = r.backend.nameArg
+			keys[2+i] = r.backend.key
+			keys[2+n+i] = r.backend.queueKey
+			args[7+i] = r.member
+			args[7+n+i] = r.backend.nameArg
 		}
-		keys[n] = s.keys.probes()
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), s.bgTimeout())
 		res, err := releaseScript.Run(ctx, s.client, keys, args...).Int64Slice()
@@ -189,7 +192,7 @@ next:
 			}
 		}
 		told = append(told, r.backend)
-		s.watchers.notify(r.backend.name)
+		s.tell(r.backend.name)
 	}
 }
 
@@ -282,6 +285,10 @@ func (s *RedisStore) expireLocal() {
 func (s *RedisStore) listen() {
 	defer close(s.listenDone)
 	for msg := range s.pubsub.Channel() {
+		if msg.Channel == s.grantChan {
+			s.granted(msg.Payload)
+			continue
+		}
 		if rest, ok := strings.CutPrefix(msg.Payload, "\x01"); ok {
 			origin, events, _ := strings.Cut(rest, "\x00")
 			if origin != s.opts.ReplicaID {
@@ -294,6 +301,6 @@ func (s *RedisStore) listen() {
 			continue
 		}
 		s.stats.wakeups.Add(1)
-		s.watchers.notify(backend)
+		s.tell(backend)
 	}
 }

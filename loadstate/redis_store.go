@@ -116,6 +116,9 @@ type RedisStore struct {
 	chanArg  any // channel, boxed once for script arguments
 	freshArg any // freshEpoch, boxed once
 	info     string
+	// grantPrefix is the prefix of the replicas' grant channels; grantChan
+	// this replica's own.
+	grantPrefix, grantChan string
 
 	// Read lock-free on the request path.
 	backends  atomic.Pointer[map[string]*backendState]
@@ -151,6 +154,15 @@ type RedisStore struct {
 
 	healthQueue []HealthEvent // news for the next release batch; under mu
 	healthSink  healthSinkPtr
+
+	// waiting holds this replica's requests in the fleet-wide queue, by
+	// ticket (lease) id; under mu.
+	waiting map[string]*waitingTicket
+	// How this replica serves the queue (SetQueueMode).
+	queueAssign atomic.Pointer[string]
+	queueAging  atomic.Int64
+	outage      atomic.Pointer[chan struct{}] // see Interrupted
+	recovered   atomic.Pointer[chan struct{}] // see Resumed
 
 	// What rewake saw last.
 	lastMode atomic.Pointer[string]
@@ -189,9 +201,10 @@ func (s *RedisStore) Tune(t RedisTunables) error {
 
 // backendState is what one replica knows about one backend.
 type backendState struct {
-	name    string
-	key     string // its lease set
-	nameArg any    // name, boxed once for script arguments
+	name     string
+	key      string // its lease set
+	queueKey string // its queue of tickets
+	nameArg  any    // name, boxed once for script arguments
 
 	fleet     atomic.Int64 // fleet-wide count at the last reply, adjusted by own changes since
 	own       atomic.Int64 // this replica's live leases; written under RedisStore.mu
@@ -207,8 +220,9 @@ type backendState struct {
 	tokenLimited           atomic.Bool // an acquire gave it a token capacity: heartbeats add up its tokens
 
 	// lastView is Inflight as of the last rewake: a drop is news for the
-	// waiters (see rewake).
+	// waiters (see rewake), unless told says a notice went out since.
 	lastView atomic.Int64
+	told     atomic.Bool
 }
 
 // dropLocked takes a lease of this replica out of the backend's counts (its
@@ -244,10 +258,22 @@ func (s *RedisStore) rewake() {
 	}
 	for _, st := range s.knownStates() {
 		n := int64(s.Inflight(st.name))
-		if prev := st.lastView.Swap(n); n < prev || changed {
+		prev := st.lastView.Swap(n)
+		if st.told.Swap(false) {
+			continue // a release notice went out since the last look
+		}
+		if n < prev || changed {
 			s.watchers.notify(st.name)
 		}
 	}
+}
+
+// tell calls the watchers of backend (a slot freed on it).
+func (s *RedisStore) tell(backend string) {
+	if st := (*s.backends.Load())[backend]; st != nil {
+		st.told.Store(true)
+	}
+	s.watchers.notify(backend)
 }
 
 // othersHeld is what other replicas held at the last trusted contact, counted
@@ -286,7 +312,8 @@ type pendingRelease struct {
 type redisCounters struct {
 	hotPathCalls, localDecisions, releases, releasedLeases, renewals, resyncs,
 	resyncedLeases, heartbeats, sketchSyncs, snapshots, publishes, wakeups,
-	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries, healthReceived atomic.Uint64
+	errors, trips, dataLosses, lostLeases, expiredLeases, inDoubtRetries, healthReceived,
+	grantsReceived, queueCalls atomic.Uint64
 }
 
 // RedisStats counts what a RedisStore did. Request-path calls, background
@@ -314,6 +341,8 @@ type RedisStats struct {
 	Publishes      uint64 // PUBLISH run by the release script (freed slots and health news announced)
 	Wakeups        uint64 // announcements received from other replicas
 	HealthReceived uint64 // passive-health news received from other replicas
+	GrantsReceived uint64 // slots handed to this replica's waiting requests by a release anywhere
+	QueueCalls     uint64 // round trips to leave the fleet-wide queue (gave up waiting) or free an orphan grant
 
 	Errors        uint64 // failed Redis calls
 	Trips         uint64 // switches from Redis to local state
@@ -363,6 +392,9 @@ func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore
 	s.epochKey = s.keys.epoch()
 	s.channel = s.keys.released()
 	s.chanArg, s.freshArg = s.channel, s.freshEpoch
+	s.grantPrefix = s.keys.grants()
+	s.grantChan = s.grantPrefix + opts.ReplicaID
+	s.waiting = make(map[string]*waitingTicket)
 	empty := ""
 	s.epoch.Store(&empty)
 	s.untrusted.Store(true)
@@ -370,7 +402,7 @@ func NewRedisStore(client redis.UniversalClient, opts RedisOptions) (*RedisStore
 	s.fleet.Store(&fleetView{live: []string{opts.ReplicaID}})
 
 	ctx, cancel := context.WithTimeout(context.Background(), t.Timeout)
-	s.pubsub = client.Subscribe(ctx, s.channel) // go-redis resubscribes by itself after reconnecting
+	s.pubsub = client.Subscribe(ctx, s.channel, s.grantChan) // go-redis resubscribes by itself after reconnecting
 	cancel()
 	if err := s.beat(); err != nil {
 		s.trip("start", err) // start in local mode; the background loop probes
@@ -422,7 +454,7 @@ func (s *RedisStore) state(name string) *backendState {
 	for k, v := range cur {
 		next[k] = v
 	}
-	st := &backendState{name: name, key: s.keys.lease(name), nameArg: name}
+	st := &backendState{name: name, key: s.keys.lease(name), queueKey: s.keys.queue(name), nameArg: name}
 	next[name] = st
 	s.backends.Store(&next)
 	return st
@@ -498,6 +530,8 @@ func (s *RedisStore) Stats() RedisStats {
 		ExpiredLeases:  c.expiredLeases.Load(),
 		InDoubtRetries: c.inDoubtRetries.Load(),
 		HealthReceived: c.healthReceived.Load(),
+		GrantsReceived: c.grantsReceived.Load(),
+		QueueCalls:     c.queueCalls.Load(),
 		LostLeases:     c.lostLeases.Load(),
 	}
 }

@@ -189,8 +189,12 @@ func (g *gateway) chat(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	_, _ = io.Copy(io.Discard, resp.Body)
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// The router's own answer says why: worth seeing in a failure.
+		return resp.StatusCode, fmt.Errorf("%.200s", body)
+	}
 	return resp.StatusCode, nil
 }
 

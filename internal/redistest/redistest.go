@@ -326,8 +326,24 @@ func (s *Server) CommandStats() map[string]int64 {
 	return ParseCommandStats(info)
 }
 
-// ParseCommandStats parses the text of INFO commandstats.
-func ParseCommandStats(info string) map[string]int64 {
+// CommandUsec returns INFO commandstats' microseconds of CPU per command
+// name. A script's usec include the commands it ran, which are also listed
+// under their own names: add up evalsha and eval, not the rest.
+func (s *Server) CommandUsec() map[string]int64 {
+	s.t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DisableIdentity: true})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		s.t.Fatalf("redistest: INFO commandstats on %s: %v", s.Addr, err)
+	}
+	return parseCommandField(info, "usec=")
+}
+
+// ParseCommandStats parses the text of INFO commandstats: calls per command.
+func ParseCommandStats(info string) map[string]int64 { return parseCommandField(info, "calls=") }
+
+func parseCommandField(info, field string) map[string]int64 {
 	out := make(map[string]int64)
 	for _, line := range strings.Split(info, "\n") {
 		line = strings.TrimSpace(line)
@@ -336,7 +352,7 @@ func ParseCommandStats(info string) map[string]int64 {
 			continue
 		}
 		for _, kv := range strings.Split(rest, ",") {
-			if v, ok := strings.CutPrefix(kv, "calls="); ok {
+			if v, ok := strings.CutPrefix(kv, field); ok {
 				n, _ := strconv.ParseInt(v, 10, 64)
 				out[strings.TrimPrefix(name, "cmdstat_")] = n
 			}
