@@ -68,6 +68,12 @@ func (k keyspace) learned() string { return k.base + "learned" }
 // probe a replica holds on that backend (one at a time, fleet-wide).
 func (k keyspace) probes() string { return k.base + "probes" }
 
+// overrides is the hash of backend → the operators' runtime override of it,
+// JSON (see Override); overridesVersion counts its changes, so a replica
+// reads the hash only when it moved.
+func (k keyspace) overrides() string        { return k.base + "overrides" }
+func (k keyspace) overridesVersion() string { return k.base + "overrides-version" }
+
 // released is the pub/sub channel on which freed slots are announced.
 func (k keyspace) released() string { return k.base + "released" }
 

@@ -152,6 +152,12 @@ type RedisStore struct {
 	healthQueue []HealthEvent // news for the next release batch; under mu
 	healthSink  healthSinkPtr
 
+	// overrides are operators' runtime changes as last read from Redis
+	// (redis_overrides.go); overridesAt is the version read with them.
+	overrides     overrideCache
+	overridesAt   atomic.Int64
+	overridesRead atomic.Bool
+
 	wake       chan struct{}
 	stop       chan struct{}
 	done       chan struct{}

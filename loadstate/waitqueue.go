@@ -5,6 +5,7 @@ import (
 	"math/bits"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // ErrQueueFull is returned by WaitQueue.Enter when max_queue requests already wait.
@@ -74,6 +75,7 @@ type Ticket struct {
 	woken      int // backend index of a wake not yet consumed; -1 when none
 	prev, next *Ticket
 	queued     bool
+	entered    time.Time // when it joined the line, for OldestWait
 }
 
 // NewWaitQueue returns a queue that holds at most max waiters.
@@ -82,7 +84,7 @@ func NewWaitQueue(max int) *WaitQueue { return &WaitQueue{max: max} }
 // Enter puts a waiter at the back of the line. wants says which backends it
 // can use. It fails with ErrQueueFull when the line is full.
 func (q *WaitQueue) Enter(wants BackendSet) (*Ticket, error) {
-	t := &Ticket{wants: wants, wake: make(chan struct{}, 1), woken: -1}
+	t := &Ticket{wants: wants, wake: make(chan struct{}, 1), woken: -1, entered: time.Now()}
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.n >= q.max {
@@ -239,3 +241,17 @@ func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
 
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
+
+// OldestWait returns how long the waiter at the head of the line has waited
+// by now (0 when nobody waits), for operators and alerts.
+func (q *WaitQueue) OldestWait(now time.Time) time.Duration {
+	if q.waiting.Load() == 0 {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == nil {
+		return 0
+	}
+	return max(now.Sub(q.head.entered), 0)
+}
