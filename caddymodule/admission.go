@@ -31,6 +31,8 @@ type scratch struct {
 	slots   []loadstate.Slot
 	idx     []int
 	claimed []int // probes claimed for one acquire
+	// decision is the ranking of the last acquire (routing.decision).
+	decision []engine.Candidate
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -135,8 +137,11 @@ func (rt *routing) loadPool() {
 	t := now()
 	view := h.learned.get(h, t)
 	rt.req.ExpectedOutput = view.outputs[rt.req.Model]
-	for i := range h.backends {
-		b := &h.backends[i]
+	// The backends with the operators' overrides (weight, capabilities,
+	// max_inflight) applied, and which are drained.
+	backends := h.currentView()
+	for i := range backends.backends {
+		b := &backends.backends[i]
 		a, _ := h.health.Check(b.Name, t, rt.alone)
 		bl := &view.backends[i]
 		var tokens int
@@ -149,7 +154,7 @@ func (rt *routing) loadPool() {
 			LatencyP95:     bl.e2e,
 			TTFTP95:        bl.ttft,
 			CoolingDown:    a == engine.Unavailable,
-			Draining:       false,
+			Draining:       backends.drained[i],
 			Perf:           bl.perf[b.UpstreamModel(rt.req.Model)],
 			Waiting:        h.queue.Waiting(i),
 			Feedback:       bl.feedback,
@@ -160,7 +165,7 @@ func (rt *routing) loadPool() {
 			loads[i].CoolingDown = true
 		}
 	}
-	rt.pool = engine.Pool{Backends: h.backends, Loads: loads}
+	rt.pool = engine.Pool{Backends: backends.backends, Loads: loads}
 }
 
 // rank loads the pool and ranks the candidates with room. When no backend is
@@ -447,7 +452,7 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 		if skip != nil && skip(c.Index) {
 			continue
 		}
-		b := &h.backends[c.Index]
+		b := &rt.pool.Backends[c.Index] // max_inflight as overridden
 		probe := false
 		if rt.sc.probe[c.Index] {
 			if !h.health.TryProbe(b.Name, t, rt.alone) {
@@ -467,9 +472,10 @@ func (rt *routing) tryAcquire(ctx context.Context, ranked []engine.Candidate, sk
 	if len(slots) == 0 {
 		return -1, nil
 	}
-	if rt.explain {
-		rt.decision = append(rt.decision[:0], ranked...)
-	}
+	// The ranking offered to the store, for the explanation and the
+	// decisions log; in the pooled scratch, so it costs no allocation.
+	rt.sc.decision = append(rt.sc.decision[:0], ranked...)
+	rt.decision = rt.sc.decision
 	i, err := h.store.Acquire(ctx, rt.id, slots)
 	chosen := -1
 	if err == nil && i >= 0 {

@@ -179,6 +179,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		sort.Strings(h.upstreams[i])
 	}
+	if ov, ok := h.store.(loadstate.OverrideStore); ok {
+		h.overrides = ov
+	}
+	h.views = new(viewCache)
+	h.currentView()
 	h.queue = loadstate.NewWaitQueue(h.MaxQueue)
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()
@@ -188,6 +193,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
 		h.failureLogs = append(h.failureLogs, newFailureLog())
 	}
+	h.provisionOps()
 	return nil
 }
 
@@ -210,6 +216,7 @@ func (h *Handler) Cleanup() error {
 	for _, p := range h.proxies {
 		p.cleanup()
 	}
+	h.releaseOps()
 	h.releaseStore()
 	if h.healthKey != "" {
 		_, _ = healths.Delete(h.healthKey)
