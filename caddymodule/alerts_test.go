@@ -119,7 +119,7 @@ func (r *webhookReceiver) has(alert, backend, state string) bool {
 func alertGauge(t *testing.T, pool, alert, backend string) (float64, bool) {
 	t.Helper()
 	ch := make(chan prometheus.Metric, 256)
-	go func() { alertCollector{}.Collect(ch); close(ch) }()
+	go func() { opsCollector{}.Collect(ch); close(ch) }()
 	value, found := 0.0, false
 	for m := range ch {
 		var out dto.Metric
