@@ -8,6 +8,7 @@
 #   admin        MR_ADMINS  2021 2022 2023     (metrics, /model_router/*, the dashboard)
 #   backends     MR_SIMS    9101 9102 9103     (fast, big, coder)
 #   redis-server MR_REDIS_PORT 6390            (no persistence, in a temp dir)
+# MR_BIN runs a prebuilt gateway binary instead of building bin/modelrouter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,7 +17,7 @@ read -r -a admins <<<"${MR_ADMINS:-2021 2022 2023}"
 read -r -a sims <<<"${MR_SIMS:-9101 9102 9103}"
 redis_port="${MR_REDIS_PORT:-6390}"
 
-for tool in redis-server go; do
+for tool in redis-server curl; do
 	command -v "$tool" >/dev/null || { echo "run-fleet needs $tool (apt-get install redis-server)" >&2; exit 1; }
 done
 
@@ -30,8 +31,12 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-echo "building bin/modelrouter..."
-go build -o bin/modelrouter ./cmd/modelrouter
+bin="${MR_BIN:-}"
+if [ -z "$bin" ]; then
+	echo "building bin/modelrouter..."
+	go build -o bin/modelrouter ./cmd/modelrouter
+	bin=bin/modelrouter
+fi
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
 	--logfile "$work/redis.log" &
@@ -39,12 +44,12 @@ pids+=($!)
 
 export MR_SIM_FAST="${sims[0]}" MR_SIM_BIG="${sims[1]}" MR_SIM_CODER="${sims[2]}"
 export MR_REDIS="redis://127.0.0.1:$redis_port/0"
-HOME="$work" bin/modelrouter run --config deploy/fleet/backends.Caddyfile >"$work/backends.log" 2>&1 &
+HOME="$work" "$bin" run --config deploy/fleet/backends.Caddyfile >"$work/backends.log" 2>&1 &
 pids+=($!)
 
 for i in 0 1 2; do
 	MR_PORT="${ports[$i]}" MR_ADMIN="${admins[$i]}" HOME="$work" XDG_DATA_HOME="$work/r$i" XDG_CONFIG_HOME="$work/r$i" \
-		bin/modelrouter run --config deploy/fleet/replica.Caddyfile >"$work/replica$i.log" 2>&1 &
+		"$bin" run --config deploy/fleet/replica.Caddyfile >"$work/replica$i.log" 2>&1 &
 	pids+=($!)
 done
 
