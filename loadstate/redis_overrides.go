@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -37,8 +39,10 @@ end
 return {1, redis.call('INCR', KEYS[2])}
 `)
 
-// maxOverrideRetries bounds the compare-and-set loop of UpdateOverride.
-const maxOverrideRetries = 8
+// maxOverrideRetries bounds the compare-and-set loop of UpdateOverride
+// (the caller's context bounds its time): operators' changes are rare, so
+// only a burst of concurrent writers of one backend gets anywhere near it.
+const maxOverrideRetries = 200
 
 // errOverrideContention: other writers kept changing the override.
 var errOverrideContention = errors.New("the override kept changing under concurrent updates")
@@ -57,13 +61,22 @@ func (s *RedisStore) UpdateOverride(ctx context.Context, backend string, fn func
 	if s.closed.Load() {
 		return Override{}, errStoreClosed
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.bgTimeout())
-	defer cancel()
-	raw, err := s.client.HGet(ctx, s.keys.overrides(), backend).Result()
+	cctx, cancel := context.WithTimeout(ctx, s.bgTimeout())
+	raw, err := s.client.HGet(cctx, s.keys.overrides(), backend).Result()
+	cancel()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Override{}, fmt.Errorf("reading the override of %s: %w", backend, err)
 	}
-	for range maxOverrideRetries {
+	for attempt := range maxOverrideRetries {
+		if attempt > 0 {
+			// Another writer won the last round: step aside for a moment,
+			// randomly, so that a burst of writers does not collide again.
+			select {
+			case <-ctx.Done():
+				return Override{}, fmt.Errorf("writing the override of %s: %w", backend, ctx.Err())
+			case <-time.After(time.Duration(rand.Int64N(int64(min(attempt, 20)) * int64(time.Millisecond)))):
+			}
+		}
 		var cur Override
 		if raw != "" {
 			if cur, err = decodeOverride(raw); err != nil {
@@ -82,14 +95,16 @@ func (s *RedisStore) UpdateOverride(ctx context.Context, backend string, fn func
 		} else {
 			next = Override{}
 		}
-		res, err := setOverrideScript.Run(ctx, s.client, []string{s.keys.overrides(), s.keys.overridesVersion()}, backend, raw, val).Slice()
+		cctx, cancel := context.WithTimeout(ctx, s.bgTimeout())
+		res, err := setOverrideScript.Run(cctx, s.client, []string{s.keys.overrides(), s.keys.overridesVersion()}, backend, raw, val).Slice()
+		cancel()
 		if err != nil {
 			return Override{}, fmt.Errorf("writing the override of %s: %w", backend, err)
 		}
 		if len(res) == 2 {
 			if ok, _ := res[0].(int64); ok == 1 {
 				// Apply it here at once; the others read it on their heartbeat.
-				s.refreshOverrides(ctx, true)
+				s.refreshOverrides(context.WithoutCancel(ctx), true)
 				return next, nil
 			}
 			raw, _ = res[1].(string)
