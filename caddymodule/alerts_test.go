@@ -332,3 +332,30 @@ func TestWebhookBoundedQueue(t *testing.T) {
 		t.Errorf("dropped %d, want 10", d)
 	}
 }
+
+// TestAlertsConfigValidateJSON: a JSON config gets the Caddyfile's rules.
+func TestAlertsConfigValidateJSON(t *testing.T) {
+	base := func() *Handler {
+		return &Handler{Strategy: "balanced", FullStatus: 503, Pool: "p",
+			Backends: []BackendConfig{{Name: "a", URL: "http://127.0.0.1:1", Models: []ModelName{{Public: "m"}}, MaxInflight: 1}}}
+	}
+	if err := base().validate(); err != nil {
+		t.Fatalf("the base config: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		mod  func(h *Handler)
+		want string
+	}{
+		{"negative interval", func(h *Handler) { h.Alerts = &AlertsConfig{Interval: -1} }, "must not be negative"},
+		{"error rate over 1", func(h *Handler) { h.Alerts = &AlertsConfig{ErrorRate: 2} }, "share in (0,1]"},
+		{"negative min_attempts", func(h *Handler) { h.Alerts = &AlertsConfig{MinAttempts: -1} }, "must not be negative"},
+		{"webhook not http", func(h *Handler) { h.AlertWebhook = "file:///etc/passwd" }, "http:// or https://"},
+	} {
+		h := base()
+		tc.mod(h)
+		if err := h.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error with %q", tc.name, err, tc.want)
+		}
+	}
+}
