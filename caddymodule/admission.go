@@ -29,6 +29,8 @@ type scratch struct {
 	claimed []int // probes claimed for one acquire
 	scores  []float64
 	assign  []engine.Candidate
+	// decision is the ranking of the last acquire (routing.decision).
+	decision []engine.Candidate
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -136,8 +138,11 @@ func (rt *routing) loadPool() {
 	t := now()
 	view := h.learned.get(h, t)
 	rt.req.ExpectedOutput = view.outputs[rt.req.Model]
-	for i := range h.backends {
-		b := &h.backends[i]
+	// The backends with the operators' overrides (weight, capabilities,
+	// max_inflight) applied, and which are drained.
+	backends := h.currentView()
+	for i := range backends.backends {
+		b := &backends.backends[i]
 		a, _ := h.health.Check(b.Name, t, rt.alone)
 		bl := &view.backends[i]
 		var tokens int
@@ -150,9 +155,9 @@ func (rt *routing) loadPool() {
 			LatencyP95:     bl.e2e,
 			TTFTP95:        bl.ttft,
 			CoolingDown:    a == engine.Unavailable,
-			Draining:       false,
+			Draining:       backends.drained[i],
 			Perf:           bl.perf[b.UpstreamModel(rt.req.Model)],
-			Waiting:        h.queue.Waiting(i),
+			Waiting:        h.admission.WaitingFor(i),
 			Feedback:       bl.feedback,
 		}
 		probe[i] = a == engine.ProbeAvailable
@@ -161,7 +166,7 @@ func (rt *routing) loadPool() {
 			loads[i].CoolingDown = true
 		}
 	}
-	rt.pool = engine.Pool{Backends: h.backends, Loads: loads}
+	rt.pool = engine.Pool{Backends: backends.backends, Loads: loads}
 }
 
 // rank loads the pool and ranks the candidates with room. When no backend is
@@ -314,7 +319,7 @@ func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
 	slots, idx, claimed := rt.sc.slots[:0], rt.sc.idx[:0], rt.sc.claimed[:0]
 	t := now()
 	for _, i := range cands {
-		b := &h.backends[i]
+		b := &rt.pool.Backends[i] // max_inflight as overridden
 		probe := false
 		if rt.sc.probe[i] {
 			if !h.health.TryProbe(b.Name, t, rt.alone) {
@@ -331,8 +336,11 @@ func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
 		idx = append(idx, i)
 	}
 	rt.sc.slots, rt.sc.idx, rt.sc.claimed = slots, idx, claimed
-	if rt.explain && len(slots) > 0 {
-		rt.decision = append(rt.decision[:0], rt.sc.cands...)
+	if len(slots) > 0 {
+		// The ranking offered to the store, for the explanation and the
+		// decisions log; in the pooled scratch, so it costs no allocation.
+		rt.sc.decision = append(rt.sc.decision[:0], rt.sc.cands...)
+		rt.decision = rt.sc.decision
 	}
 	return slots, idx
 }
@@ -341,7 +349,7 @@ func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
 func (rt *routing) want(backends []int) []loadstate.Slot {
 	out := make([]loadstate.Slot, 0, len(backends))
 	for _, i := range backends {
-		b := &rt.h.backends[i]
+		b := &rt.pool.Backends[i] // max_inflight as overridden
 		slot := loadstate.Slot{Backend: b.Name, Capacity: b.MaxInflight}
 		if b.MaxTokensInflight > 0 {
 			slot.Tokens, slot.TokenCapacity = rt.req.TokenCost(), b.MaxTokensInflight
@@ -470,14 +478,15 @@ const (
 // [1s, 30s]; 1s while nothing is known.
 func (h *Handler) drainTime() time.Duration {
 	view := h.learned.get(h, now())
-	var rate float64 // requests per second
+	current := h.currentView() // max_inflight as overridden
+	var rate float64           // requests per second
 	for i := range h.backends {
 		var svc time.Duration
 		for _, p := range view.backends[i].perf {
 			svc = max(svc, p.MeanService)
 		}
 		if svc > 0 {
-			rate += float64(h.backends[i].MaxInflight) / svc.Seconds()
+			rate += float64(current.backends[i].MaxInflight) / svc.Seconds()
 		}
 	}
 	if rate <= 0 {

@@ -20,8 +20,9 @@ func TestDrainTime(t *testing.T) {
 		sketches:  loadstate.NewSketches(0, 0, nil),
 		learned:   new(learnedCache),
 		queue:     loadstate.NewWaitQueue(1000),
+		views:     new(viewCache),
 	}
-	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{Queue: h.queue})
+	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{Queue: h.queue, Backends: 2})
 	if d := h.drainTime(); d != minRetryAfter {
 		t.Fatalf("nothing known: %v, want %v", d, minRetryAfter)
 	}

@@ -65,6 +65,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        username <name>
 //	        password <secret>      # e.g. {env.REDIS_PASSWORD}
 //	    }
+//	    alerts {                   # alert rules' thresholds (see AlertsConfig for the defaults)
+//	        interval 1s
+//	        fire_after 3s          # a condition must hold this long to fire
+//	        resolve_after 30s      # and stay clear this long to resolve
+//	        error_rate 0.25        # backend_error_rate: share of attempts failed in the last minute
+//	        min_attempts 10
+//	        queue_wait 1s          # queue_wait: the oldest waiting request's wait
+//	        capacity_rejections 1  # capacity_rejected: refusals for capacity in the last minute
+//	    }
+//	    alert_webhook <url>        # every alert transition POSTed as JSON
 //	    backend <name> <url> {
 //	        models <public>[=<upstream>] ...   # the first is used for model "auto"
 //	        capabilities <name>=<0..1> ...   # names are case-insensitive
@@ -280,6 +290,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			h.Backends = append(h.Backends, b)
+		case "alerts":
+			a, err := parseAlerts(d)
+			if err != nil {
+				return err
+			}
+			h.Alerts = a
+		case "alert_webhook":
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			if err := checkWebhookURL(v); err != nil {
+				return d.Err(err.Error())
+			}
+			h.AlertWebhook = v
 		default:
 			return d.Errf("unknown model_router option %q", key)
 		}

@@ -118,6 +118,17 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"redis sentinel without addrs", "redis {\n\t\tsentinel m\n\t}\n" + backend, "at least one sentinel", 3},
 		{"redis master_name without sentinels", "redis {\n\t\tmaster_name m\n\t}\n" + backend, "sentinel", 0},
 		{"redis both sentinel forms", "redis {\n\t\tsentinel m 127.0.0.1:26379\n\t\tmaster_name m\n\t}\n" + backend, "not both", 0},
+		{"alerts unknown option", "alerts {\n\t\tcolour blue\n\t}\n" + backend, `alerts: unknown option "colour"`, 3},
+		{"alerts argument", "alerts now {\n\t}\n" + backend, "wrong argument count", 2},
+		{"alerts bad duration", "alerts {\n\t\tfire_after soon\n\t}\n" + backend, "positive duration", 3},
+		{"alerts error rate over 1", "alerts {\n\t\terror_rate 1.5\n\t}\n" + backend, "share in (0,1]", 3},
+		{"alerts error rate 0", "alerts {\n\t\terror_rate 0\n\t}\n" + backend, "share in (0,1]", 3},
+		{"alerts min_attempts 0", "alerts {\n\t\tmin_attempts 0\n\t}\n" + backend, "at least 1", 3},
+		{"alerts option twice", "alerts {\n\t\tinterval 1s\n\t\tinterval 2s\n\t}\n" + backend, "set twice", 4},
+		{"alerts twice", "alerts {\n\t}\nalerts {\n\t}\n" + backend, "set twice", 4},
+		{"webhook not a URL", "alert_webhook example.com/hook\n" + backend, "absolute http:// or https:// URL", 2},
+		{"webhook bad scheme", "alert_webhook ftp://example.com/hook\n" + backend, "absolute http:// or https:// URL", 2},
+		{"webhook without value", "alert_webhook\n" + backend, "wrong argument count", 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

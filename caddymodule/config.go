@@ -142,6 +142,15 @@ type Handler struct {
 	// come from here only, never from a request.
 	Backends []BackendConfig `json:"backends,omitempty"`
 
+	// Alerts tunes the pool's alert rules (see AlertsConfig). Default: every
+	// rule on with the defaults documented there.
+	Alerts *AlertsConfig `json:"alerts,omitempty"`
+
+	// AlertWebhook, when set, is an http(s) URL that receives every alert
+	// transition as a JSON POST (see alertEvent), from a bounded queue with
+	// retries and backoff, never on a request's path. Default: none.
+	AlertWebhook string `json:"alert_webhook,omitempty"`
+
 	backends  []engine.Backend
 	index     map[string]int // backend name → position
 	models    []string       // public model names, sorted, for GET /v1/models
@@ -175,6 +184,13 @@ type Handler struct {
 	// headerValues are the X-Model-Router-Backend values, built once.
 	headerValues [][]string
 	logger       *zap.Logger
+
+	// overrides are operators' runtime changes (admin API), shared by the
+	// pool; view is the backends with them applied (admin_overrides.go).
+	overrides loadstate.OverrideStore
+	views     *viewCache
+	// ops is the pool's operations state: decisions, alerts (admin_pool.go).
+	ops *poolOps
 }
 
 // BackendConfig is one backend model server.
@@ -328,6 +344,14 @@ func (h *Handler) validate() error {
 	}
 	if h.Redis != nil {
 		if err := h.Redis.validate(); err != nil {
+			return err
+		}
+	}
+	if err := h.Alerts.validate(); err != nil {
+		return err
+	}
+	if h.AlertWebhook != "" {
+		if err := checkWebhookURL(h.AlertWebhook); err != nil {
 			return err
 		}
 	}

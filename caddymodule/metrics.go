@@ -148,7 +148,7 @@ func registerMetrics(reg prometheus.Registerer, logger *zap.Logger) *metrics {
 	if reg == nil {
 		return m
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.attempts, m.rejected, m.retries, m.duration, m.ttft, m.queueDepth, m.queueWait, storeCollector{}} {
+	for _, c := range []prometheus.Collector{m.requests, m.attempts, m.rejected, m.retries, m.duration, m.ttft, m.queueDepth, m.queueWait, storeCollector{}, opsCollector{}} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

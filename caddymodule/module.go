@@ -183,6 +183,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		sort.Strings(h.upstreams[i])
 	}
 	h.setupClasses()
+	if ov, ok := h.store.(loadstate.OverrideStore); ok {
+		h.overrides = ov
+	}
+	h.views = new(viewCache)
+	h.currentView()
 	h.queue = loadstate.NewWaitQueueWith(loadstate.QueueOptions{
 		Max: h.MaxQueue, Aging: time.Duration(h.PriorityAging), Assign: h.strategy.Assigns(), Now: now,
 	})
@@ -206,6 +211,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.headerValues = append(h.headerValues, []string{h.backends[i].Name})
 		h.failureLogs = append(h.failureLogs, newFailureLog())
 	}
+	h.provisionOps()
 	return nil
 }
 
@@ -228,6 +234,7 @@ func (h *Handler) Cleanup() error {
 	for _, p := range h.proxies {
 		p.cleanup()
 	}
+	h.releaseOps()
 	h.releaseStore()
 	if h.healthKey != "" {
 		_, _ = healths.Delete(h.healthKey)

@@ -38,6 +38,7 @@ func newFailureLog() *failureLog {
 // with the reason of an upstream failure.
 func (rt *routing) observeAttempt(backend int, aw *attemptWriter, o engine.Outcome, attemptStart time.Time, err error) {
 	h := rt.h
+	rt.recordAttempt(backend, o)
 	name := h.backends[backend].Name
 	t := now()
 	var retryAfter time.Duration

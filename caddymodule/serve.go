@@ -107,6 +107,7 @@ func (h *Handler) route(w http.ResponseWriter, r *http.Request, kind engine.Kind
 		}
 	}
 	if apiErr != nil {
+		rt.recordRefusal(apiErr.Code)
 		if apiErr.Status == 499 {
 			w.WriteHeader(499) // the client left while waiting; nobody reads a body
 			return nil

@@ -3,6 +3,7 @@ package loadstate
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -104,13 +105,124 @@ type Admission struct {
 	// parked, when set (tests), is called each time a waiter is about to
 	// block until a wake, its patience or its deadline.
 	parked func()
-	// fleetWaiting counts this replica's requests in a fleet-wide queue.
-	fleetWaiting atomic.Int64
+	// fleet is this replica's requests in a fleet-wide queue.
+	fleet fleetWaiters
 }
 
 // Waiting is how many of this replica's requests wait, in the local queue
 // or the fleet-wide one.
-func (a *Admission) Waiting() int { return a.Queue.Len() + int(a.fleetWaiting.Load()) }
+func (a *Admission) Waiting() int { return a.Queue.Len() + int(a.fleet.n.Load()) }
+
+// WaitingFor is how many of this replica's waiting requests can use backend
+// i, in either queue.
+func (a *Admission) WaitingFor(i int) int { return a.Queue.Waiting(i) + a.fleet.waitingFor(i) }
+
+// OldestWait is how long the longest-waiting of this replica's requests has
+// waited by now, in either queue (0 when none waits).
+func (a *Admission) OldestWait(now time.Time) time.Duration {
+	return max(a.Queue.OldestWait(now), a.fleet.oldest(now))
+}
+
+// ClassWait is one priority class's waiting requests on this replica.
+type ClassWait struct {
+	Depth  int
+	Oldest time.Duration
+}
+
+// ByClass is how many of this replica's requests wait in each of classes
+// priority classes (index 0 the highest), and the oldest wait of each.
+func (a *Admission) ByClass(classes int, now time.Time) []ClassWait {
+	out := make([]ClassWait, max(classes, 1))
+	add := func(class int, arrived time.Time) {
+		c := &out[min(max(class, 0), len(out)-1)]
+		c.Depth++
+		c.Oldest = max(c.Oldest, now.Sub(arrived))
+	}
+	a.Queue.each(add)
+	a.fleet.each(add)
+	return out
+}
+
+// fleetWaiters tracks a replica's requests in a fleet-wide queue: their
+// number and, per backend, how many can use it (atomics read on every
+// request's ranking), and when each arrived and its class (under mu, for
+// operators).
+type fleetWaiters struct {
+	n   atomic.Int64
+	mu  sync.Mutex
+	set map[*fleetWait]struct{}
+	per []atomic.Int64 // waiters per backend; written under mu
+}
+
+type fleetWait struct {
+	arrived time.Time
+	class   int
+	wants   []int
+}
+
+func (f *fleetWaiters) enter(arrived time.Time, class int, wants BackendSet) *fleetWait {
+	fw := &fleetWait{arrived: arrived, class: class}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.set[fw] = struct{}{}
+	f.n.Add(1)
+	f.setWantsLocked(fw, wants)
+	return fw
+}
+
+// setWants records which backends the waiter can use now.
+func (f *fleetWaiters) setWants(fw *fleetWait, wants BackendSet) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.setWantsLocked(fw, wants)
+}
+
+func (f *fleetWaiters) setWantsLocked(fw *fleetWait, wants BackendSet) {
+	for _, i := range fw.wants {
+		f.per[i].Add(-1)
+	}
+	fw.wants = fw.wants[:0]
+	for i := range f.per {
+		if wants.Has(i) {
+			fw.wants = append(fw.wants, i)
+			f.per[i].Add(1)
+		}
+	}
+}
+
+func (f *fleetWaiters) leave(fw *fleetWait) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, i := range fw.wants {
+		f.per[i].Add(-1)
+	}
+	delete(f.set, fw)
+	f.n.Add(-1)
+}
+
+func (f *fleetWaiters) waitingFor(i int) int {
+	if i < 0 || i >= len(f.per) {
+		return 0
+	}
+	return int(f.per[i].Load())
+}
+
+func (f *fleetWaiters) oldest(now time.Time) time.Duration {
+	var d time.Duration
+	f.each(func(_ int, arrived time.Time) { d = max(d, now.Sub(arrived)) })
+	return d
+}
+
+func (f *fleetWaiters) each(fn func(class int, arrived time.Time)) {
+	if f.n.Load() == 0 {
+		return
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fw := range f.set {
+		fn(fw.class, fw.arrived)
+	}
+}
 
 // AdmissionOptions build an Admission.
 type AdmissionOptions struct {
@@ -133,7 +245,10 @@ func NewAdmission(o AdmissionOptions) *Admission {
 	if o.Clock == nil {
 		o.Clock = SystemClock{}
 	}
-	return &Admission{AdmissionOptions: o}
+	a := &Admission{AdmissionOptions: o}
+	a.fleet.set = make(map[*fleetWait]struct{})
+	a.fleet.per = make([]atomic.Int64, o.Backends)
+	return a
 }
 
 // Admit takes a slot for w, waiting at most maxWait (and never past ctx). It
@@ -301,10 +416,10 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 		defer pt.Stop()
 		patienceC = pt.C()
 	}
-	queued := false
+	var queued *fleetWait
 	defer func() {
-		if queued {
-			a.fleetWaiting.Add(-1)
+		if queued != nil {
+			a.fleet.leave(queued)
 			waited = a.Clock.Now().Sub(start)
 			if a.Left != nil {
 				a.Left(waited)
@@ -318,7 +433,7 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			try = nil // full as far as this replica knows: wait for them
 		}
 		var ticket *QueueTicket
-		if !w.Shed && (queued || a.Waiting() < a.Queue.max) {
+		if !w.Shed && (queued != nil || a.Waiting() < a.Queue.max) {
 			ticket = a.ticket(w, plan, maxWait)
 		}
 		slots, _ := w.Slots(try)
@@ -345,12 +460,13 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			}
 			return -1, 0, ErrWaitTimeout // nothing to wait for
 		}
-		if !queued {
-			queued = true
-			a.fleetWaiting.Add(1)
+		if queued == nil {
+			queued = a.fleet.enter(start, w.Class, plan.Wants)
 			if a.Entered != nil {
 				a.Entered()
 			}
+		} else {
+			a.fleet.setWants(queued, plan.Wants)
 		}
 		if a.parked != nil {
 			a.parked()

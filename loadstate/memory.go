@@ -16,6 +16,8 @@ type MemoryStore struct {
 	leases   map[string]memoryLease                    // lease id → what it holds
 
 	watchers watchers
+	// overrides are operators' runtime changes (see OverrideStore).
+	overrides memoryOverrides
 }
 
 type memoryBackend struct {

@@ -149,6 +149,8 @@ func (s *RedisStore) beat() error {
 		s.dead = append(s.dead, reply.dead...)
 	}
 	s.mu.Unlock()
+	// Operators' overrides: a GET of their version, the hash when it moved.
+	s.refreshOverrides(context.Background(), false)
 	return nil
 }
 

@@ -81,6 +81,12 @@ func (k keyspace) queue(backend string) string { return k.base + "queue:" + keyP
 // grants+<its id> that a slot was handed to one of its waiting requests.
 func (k keyspace) grants() string { return k.base + "granted:" }
 
+// overrides is the hash of backend → the operators' runtime override of it,
+// JSON (see Override); overridesVersion counts its changes, so a replica
+// reads the hash only when it moved.
+func (k keyspace) overrides() string        { return k.base + "overrides" }
+func (k keyspace) overridesVersion() string { return k.base + "overrides-version" }
+
 // released is the pub/sub channel on which freed slots are announced.
 func (k keyspace) released() string { return k.base + "released" }
 

@@ -168,6 +168,12 @@ type RedisStore struct {
 	lastMode atomic.Pointer[string]
 	lastLive atomic.Int64
 
+	// overrides are operators' runtime changes as last read from Redis
+	// (redis_overrides.go); overridesAt is the version read with them.
+	overrides     overrideCache
+	overridesAt   atomic.Int64
+	overridesRead atomic.Bool
+
 	wake       chan struct{}
 	stop       chan struct{}
 	done       chan struct{}

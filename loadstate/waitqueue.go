@@ -436,3 +436,33 @@ func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
 
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
+
+// each calls fn with every waiter's class and arrival, under the queue's
+// lock.
+func (q *WaitQueue) each(fn func(class int, arrived time.Time)) {
+	if q.waiting.Load() == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for t := q.head; t != nil; t = t.next {
+		fn(t.class, t.arrived)
+	}
+}
+
+// OldestWait returns how long the longest-waiting request in line has waited
+// by now (0 when nobody waits), for operators and alerts. With priority
+// classes the head of the line need not be the oldest: every waiter is
+// looked at (at most max_queue, under the queue's lock).
+func (q *WaitQueue) OldestWait(now time.Time) time.Duration {
+	if q.waiting.Load() == 0 {
+		return 0
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var oldest time.Duration
+	for t := q.head; t != nil; t = t.next {
+		oldest = max(oldest, now.Sub(t.arrived))
+	}
+	return oldest
+}

@@ -76,6 +76,7 @@ type gateway struct {
 	cmd   *exec.Cmd
 	base  string
 	admin string // admin endpoint base URL; "" when off
+	model string // the model chat asks for; "m" when empty
 	logs  *syncBuffer
 	done  chan struct{}
 }
@@ -182,8 +183,12 @@ func (g *gateway) kill() {
 var fleetClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 60 * time.Second}
 
 func (g *gateway) chat(ctx context.Context) (int, error) {
+	model := g.model
+	if model == "" {
+		model = "m"
+	}
 	req, _ := http.NewRequestWithContext(ctx, "POST", g.base+"/v1/chat/completions",
-		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+		strings.NewReader(`{"model":"`+model+`","messages":[{"role":"user","content":"hi"}]}`))
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := fleetClient.Do(req)
 	if err != nil {

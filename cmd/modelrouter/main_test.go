@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -71,7 +72,7 @@ func TestExampleRuns(t *testing.T) {
 	gateway, admin := freePort(t), freePort(t)
 	replacer := strings.NewReplacer(
 		":8080", ":"+gateway,
-		"localhost:2019", "localhost:"+admin,
+		":2019", ":"+admin,
 		"127.0.0.1:9001", "127.0.0.1:"+freePort(t),
 		"127.0.0.1:9002", "127.0.0.1:"+freePort(t),
 		"127.0.0.1:9003", "127.0.0.1:"+freePort(t),
@@ -243,6 +244,24 @@ func TestExampleRuns(t *testing.T) {
 			if body.Error.Code != "unknown_url" || !strings.Contains(body.Error.Message, "/v1/") {
 				t.Errorf("GET %s: error %+v, want code unknown_url and a message naming /v1/", path, body.Error)
 			}
+		}
+	})
+	t.Run("dashboard opens by its typed URL", func(t *testing.T) {
+		// What a browser sends for a typed URL: fetch metadata, no Origin
+		// or Referer. Caddy's admin refuses that unless the example allows
+		// the empty origin.
+		req, _ := http.NewRequest("GET", "http://localhost:"+admin+"/model_router/dashboard", nil)
+		req.Header.Set("Sec-Fetch-Mode", "navigate")
+		req.Header.Set("Sec-Fetch-Site", "none")
+		req.Header.Set("Sec-Fetch-Dest", "document")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		page, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(page), "<html") {
+			t.Fatalf("GET dashboard: status %d: %.200s", resp.StatusCode, page)
 		}
 	})
 }
