@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -232,7 +234,41 @@ func (g *gateway) reload(tmpl string) error {
 	// The old servers close their idle keep-alive connections: a test's next
 	// POST must not pick one of those (Go does not resend a POST).
 	http.DefaultClient.CloseIdleConnections()
+	// On Linux each config binds its own SO_REUSEPORT socket, and /load may
+	// return before the old one is closed (Caddy only waits for the old
+	// servers' shutdowns to start): a connection the kernel queued on the
+	// old socket is then reset. Wait until the new socket is the only one.
+	for name, port := range g.ports {
+		eventually(g.t, 10*time.Second, "the old config's socket on port "+name+" to close", func() bool {
+			return tcpListeners(g.t, port) <= 1
+		})
+	}
 	return nil
+}
+
+// tcpListeners counts the listening TCP sockets (IPv4 and IPv6) on port, from
+// /proc/net/tcp{,6}.
+func tcpListeners(t *testing.T, port int) int {
+	t.Helper()
+	want := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // no IPv6 here
+			}
+			t.Fatalf("reading %s: %v", f, err)
+		}
+		for _, line := range strings.Split(string(data), "\n")[1:] {
+			fields := strings.Fields(line)
+			// sl local_address rem_address st ...; st 0A is LISTEN.
+			if len(fields) > 3 && strings.HasSuffix(fields[1], want) && fields[3] == "0A" {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // pooled returns the load store and sketches of the test's pool, as the
