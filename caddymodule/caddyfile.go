@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"fmt"
 	"math"
 	"strconv"
 	"strings"
@@ -96,6 +97,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := map[string]bool{}
+	// Where options checked against each other were set, for their errors.
+	at := map[string]string{}
+	where := func() string { return fmt.Sprintf("%s:%d", d.File(), d.Line()) }
 	for d.NextBlock(0) {
 		key := d.Val()
 		if key != "backend" {
@@ -150,16 +154,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			if key == "priorities" {
+				if err := checkPriorities(names, "", nil); err != nil {
+					return d.Err(err.Error())
+				}
 				h.Priorities = names
 			} else {
 				h.Sheddable = names
 			}
+			at[key] = where()
 		case "default_priority":
 			v, err := oneArg(d)
 			if err != nil {
 				return err
 			}
 			h.DefaultPriority = v
+			at[key] = where()
 		case "priority_header":
 			v, err := oneArg(d)
 			if err != nil {
@@ -175,6 +184,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.PriorityAging = v
+		case "batch_window":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.BatchWindow = v
+			at[key] = where()
 		case "explain_header":
 			v, err := oneArg(d)
 			if err != nil {
@@ -312,8 +328,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(h.Backends) == 0 {
 		return d.Err("model_router needs at least one backend")
 	}
-	if err := checkPriorities(h.Priorities, h.DefaultPriority, h.Sheddable); err != nil {
-		return d.Err(err.Error())
+	// Options that depend on others are checked once all are read, and
+	// named by their own line.
+	if err := checkPriorities(h.Priorities, h.DefaultPriority, nil); err != nil {
+		return fmt.Errorf("%w, at %s", err, at["default_priority"])
+	}
+	if err := checkPriorities(h.Priorities, "", h.Sheddable); err != nil {
+		return fmt.Errorf("%w, at %s", err, at["sheddable"])
+	}
+	if err := checkBatchWindow(h.BatchWindow, h.Strategy); err != nil {
+		return fmt.Errorf("%w, at %s", err, at["batch_window"])
 	}
 	return nil
 }

@@ -129,6 +129,18 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"webhook not a URL", "alert_webhook example.com/hook\n" + backend, "absolute http:// or https:// URL", 2},
 		{"webhook bad scheme", "alert_webhook ftp://example.com/hook\n" + backend, "absolute http:// or https:// URL", 2},
 		{"webhook without value", "alert_webhook\n" + backend, "wrong argument count", 2},
+		{"priority class name", "priorities high no/rmal\n" + backend, "priority class \"no/rmal\"", 2},
+		{"priority class twice", "priorities high low HIGH\n" + backend, "priority class HIGH is listed twice", 2},
+		{"priorities without classes", "priorities\n" + backend, "wrong argument count", 2},
+		{"default priority not a class", "priorities high low\n\tdefault_priority normal\n" + backend, `default_priority "normal" is not one of the priorities`, 3},
+		{"default priority before the classes", "default_priority urgent\n\tpriorities high low\n" + backend, `default_priority "urgent" is not one of the priorities`, 2},
+		{"default priority without classes", "default_priority high\n" + backend, `default_priority "high" is not one of the priorities`, 2},
+		{"sheddable not a class", "priorities high low\n\tsheddable spare\n" + backend, `sheddable class "spare" is not one of the priorities`, 3},
+		{"priority header not a name", "priority_header X:Priority\n" + backend, "not a header name", 2},
+		{"priority aging not a duration", "priority_aging later\n" + backend, "positive duration", 2},
+		{"batch window without optimal", "strategy greedy\n\tbatch_window 5ms\n" + backend, `batch_window applies to strategy optimal only (strategy is "greedy")`, 3},
+		{"batch window with the default strategy", "batch_window 5ms\n" + backend, `(strategy is "balanced")`, 2},
+		{"batch window not a duration", "strategy optimal\n\tbatch_window soon\n" + backend, "positive duration", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -207,6 +219,13 @@ func TestValidateJSON(t *testing.T) {
 		{"negative max_fails", strings.Replace(ok, "{", `{"max_fails": -1, `, 1), "max_fails must not be negative"},
 		{"full_status 500", strings.Replace(ok, "{", `{"full_status": 500, `, 1), "503 or 429"},
 		{"auto as a model", backend(`"url": "http://127.0.0.1:9001", "models": [{"public": "auto"}], "max_inflight": 1`), "not allowed"},
+		{"default priority not a class", strings.Replace(ok, "{", `{"priorities": ["high", "low"], "default_priority": "normal", `, 1), `default_priority "normal" is not one of the priorities`},
+		{"sheddable not a class", strings.Replace(ok, "{", `{"sheddable": ["spare"], `, 1), `sheddable class "spare" is not one of the priorities`},
+		{"priority class twice", strings.Replace(ok, "{", `{"priorities": ["high", "High"], `, 1), "listed twice"},
+		{"negative priority_aging", strings.Replace(ok, "{", `{"priority_aging": -1, `, 1), "priority_aging must not be negative"},
+		{"bad priority_header", strings.Replace(ok, "{", `{"priority_header": "X Priority", `, 1), "not a header name"},
+		{"batch_window without optimal", strings.Replace(ok, "{", `{"batch_window": 5000000, `, 1), "batch_window applies to strategy optimal only"},
+		{"negative batch_window", strings.Replace(ok, "{", `{"strategy": "optimal", "batch_window": -1, `, 1), "batch_window must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

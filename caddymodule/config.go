@@ -72,6 +72,16 @@ type Handler struct {
 	// get FullStatus at once. Default: the class named "sheddable", if any.
 	Sheddable []string `json:"sheddable,omitempty"`
 
+	// BatchWindow (strategy optimal only) holds slots freed while requests
+	// wait for up to this long, so that the slots freed and the requests
+	// arriving meanwhile are assigned together, by maximum total score,
+	// rather than each slot to the best waiter when it frees. It adds up to
+	// this much wait to a waiting request. With Redis the fleet-wide queue
+	// assigns each slot as it frees (one script per release) and the window
+	// applies to the replica's local queue only (while Redis is down).
+	// Default 0: no added delay.
+	BatchWindow caddy.Duration `json:"batch_window,omitempty"`
+
 	// ExplainHeader, when set, names a request header: a request that
 	// carries it gets an X-Model-Router-Explain response header with every
 	// candidate's score and predicted wait, TTFT and completion (never
@@ -327,6 +337,9 @@ func (h *Handler) validate() error {
 	if err := checkPriorities(h.Priorities, h.DefaultPriority, h.Sheddable); err != nil {
 		return err
 	}
+	if err := checkBatchWindow(h.BatchWindow, h.Strategy); err != nil {
+		return err
+	}
 	if err := checkFullStatus(h.FullStatus); err != nil {
 		return err
 	}
@@ -547,6 +560,21 @@ func checkPriorities(classes []string, def string, shed []string) error {
 		if !seen[strings.ToLower(c)] {
 			return fmt.Errorf("sheddable class %q is not one of the priorities", c)
 		}
+	}
+	return nil
+}
+
+// checkBatchWindow: a batch window only means something to the optimal
+// strategy's assignment, and is not negative.
+func checkBatchWindow(w caddy.Duration, strategy string) error {
+	if w < 0 {
+		return fmt.Errorf("batch_window must not be negative")
+	}
+	if w > 0 && strategy != engine.StrategyOptimal {
+		if strategy == "" {
+			strategy = engine.DefaultStrategy
+		}
+		return fmt.Errorf("batch_window applies to strategy optimal only (strategy is %q)", strategy)
 	}
 	return nil
 }

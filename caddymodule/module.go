@@ -190,6 +190,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.currentView()
 	h.queue = loadstate.NewWaitQueueWith(loadstate.QueueOptions{
 		Max: h.MaxQueue, Aging: time.Duration(h.PriorityAging), Assign: h.strategy.Assigns(), Now: now,
+		BatchWindow: time.Duration(h.BatchWindow),
 	})
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()

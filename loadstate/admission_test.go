@@ -413,3 +413,57 @@ func TestWaitQueueNotifyManyAssigns(t *testing.T) {
 		t.Fatalf("a woken for %d, b for %d; want a→1, b→0 (total 1.6, not greedy's 1.0)", a.woken, b.woken)
 	}
 }
+
+// TestWaitQueueBatchWindow: with a batch window, slots freed one at a time
+// within it are assigned together when it ends (the optimal pair, where
+// assigning each as it frees gives the greedy one), and a request that
+// arrived during the window is part of the batch. Without a window each slot
+// is assigned as it frees.
+func TestWaitQueueBatchWindow(t *testing.T) {
+	clock := newAdmClock()
+	var timers []func()
+	var windows []time.Duration
+	after := func(d time.Duration, f func()) { windows = append(windows, d); timers = append(timers, f) }
+	setup := func(window time.Duration) (*WaitQueue, *Ticket) {
+		timers, windows = nil, nil
+		q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, Now: clock.Now,
+			BatchWindow: window, AfterFunc: after})
+		a, _ := q.Enter(set(2, 0, 1))
+		q.SetScores(a, []float64{0.9, 0.8})
+		return q, a
+	}
+
+	// No window: slot 0 frees, a takes it (the best waiter for it then);
+	// b, arriving after, gets slot 1.
+	q, a := setup(0)
+	q.Notify(0)
+	b, _ := q.Enter(set(2, 0, 1))
+	q.SetScores(b, []float64{0.8, 0.1})
+	q.Notify(1)
+	if a.woken != 0 || b.woken != 1 || len(timers) != 0 {
+		t.Fatalf("without a window: a→%d, b→%d, %d timers; want a→0, b→1 at once", a.woken, b.woken, len(timers))
+	}
+
+	// A 20ms window: nothing is woken until it ends; then both slots go to
+	// both waiters together: a→1, b→0 (total 1.6, not 1.0).
+	q, a = setup(20 * time.Millisecond)
+	q.Notify(0)
+	b, _ = q.Enter(set(2, 0, 1))
+	q.SetScores(b, []float64{0.8, 0.1})
+	q.Notify(1)
+	if a.woken != -1 || b.woken != -1 {
+		t.Fatalf("woken during the window: a→%d, b→%d", a.woken, b.woken)
+	}
+	if len(timers) != 1 || windows[0] != 20*time.Millisecond {
+		t.Fatalf("%d timers (%v), want one of 20ms", len(timers), windows)
+	}
+	timers[0]()
+	if a.woken != 1 || b.woken != 0 {
+		t.Fatalf("after the window: a→%d, b→%d; want a→1, b→0", a.woken, b.woken)
+	}
+	// The next freed slot starts a new window.
+	q.Notify(0)
+	if len(timers) != 2 {
+		t.Fatalf("%d timers after a new release, want 2", len(timers))
+	}
+}

@@ -88,6 +88,13 @@ type WaitQueue struct {
 	assign   bool
 	assigner engine.Assigner
 	now      func() time.Time
+
+	// Batching (assign mode with a window): slots freed and not yet
+	// assigned, and whether the window's timer runs; under mu.
+	window    time.Duration
+	afterFunc func(time.Duration, func())
+	batch     []int
+	batching  bool
 }
 
 // DefaultAging is how much earlier arrival one priority class is worth.
@@ -104,6 +111,14 @@ type QueueOptions struct {
 	Assign bool
 	// Now is the clock for ages; time.Now when nil.
 	Now func() time.Time
+	// BatchWindow, in assign mode, holds slots freed while requests wait
+	// for up to this long, so that slots freed and requests arriving
+	// meanwhile are assigned together (one Hungarian assignment) rather
+	// than each slot to the best waiter at the moment it frees. Default 0:
+	// every freed slot is assigned at once, with no added delay.
+	BatchWindow time.Duration
+	// AfterFunc runs f after d (time.AfterFunc when nil; tests use a fake).
+	AfterFunc func(d time.Duration, f func())
 }
 
 // Ticket is one waiting request's place in a WaitQueue.
@@ -132,7 +147,14 @@ func NewWaitQueueWith(o QueueOptions) *WaitQueue {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &WaitQueue{max: o.Max, aging: o.Aging, assign: o.Assign, now: o.Now}
+	if o.AfterFunc == nil {
+		o.AfterFunc = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
+	}
+	q := &WaitQueue{max: o.Max, aging: o.Aging, assign: o.Assign, now: o.Now}
+	if o.Assign && o.BatchWindow > 0 {
+		q.window, q.afterFunc = o.BatchWindow, o.AfterFunc
+	}
+	return q
 }
 
 // Enter puts a waiter of the highest class at the back of the line. wants
@@ -280,7 +302,32 @@ func (q *WaitQueue) Notify(i int) bool {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.window > 0 {
+		q.batchLocked(i)
+		return true
+	}
 	return q.notifyLocked(i)
+}
+
+// batchLocked holds freed slots for the batch window; the first starts it.
+func (q *WaitQueue) batchLocked(backends ...int) {
+	q.batch = append(q.batch, backends...)
+	if !q.batching {
+		q.batching = true
+		q.afterFunc(q.window, q.flushBatch)
+	}
+}
+
+// flushBatch assigns the slots freed during the batch window to the
+// requests waiting now, together.
+func (q *WaitQueue) flushBatch() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	batch := q.batch
+	q.batch, q.batching = nil, false
+	if q.n > 0 {
+		q.notifyManyLocked(batch)
+	}
 }
 
 func (q *WaitQueue) notifyLocked(i int) bool {
@@ -357,6 +404,17 @@ func (q *WaitQueue) NotifyMany(backends []int) int {
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if q.window > 0 {
+		q.batchLocked(backends...)
+		return len(backends)
+	}
+	return q.notifyManyLocked(backends)
+}
+
+func (q *WaitQueue) notifyManyLocked(backends []int) int {
+	if len(backends) == 0 || q.head == nil {
+		return 0
+	}
 	if !q.assign || len(backends) == 1 {
 		n := 0
 		for _, i := range backends {
