@@ -5,33 +5,25 @@ import (
 	"fmt"
 	"strings"
 	"time"
-)
 
-// globalOptions keeps every Caddy on loopback, without an admin endpoint and
-// without writing an autosaved config.
-const globalOptions = `{
-	admin off
-	persist_config off
-	auto_https off
-	default_bind 127.0.0.1
-}
-`
+	"github.com/modelrouter/modelrouter/bench/internal/simfleet"
+)
 
 // stockConfig is stock Caddy's reverse_proxy with least_conn over the sims,
 // as JSON: the Caddyfile has only a handler-wide max_requests (passive health
 // unhealthy_request_count), while upstreams in JSON each take their own. With
 // capped, each upstream gets max_requests = its sim's slots, and a request
 // finding them all full retries every 10ms for up to tryDuration.
-func stockConfig(listen string, sims []sim, capped bool, tryDuration time.Duration) string {
+func stockConfig(listen string, sims []simfleet.Sim, capped bool, tryDuration time.Duration) string {
 	type upstream struct {
 		Dial        string `json:"dial"`
 		MaxRequests int    `json:"max_requests,omitempty"`
 	}
 	ups := make([]upstream, len(sims))
 	for i, s := range sims {
-		ups[i] = upstream{Dial: s.addr}
+		ups[i] = upstream{Dial: s.Addr}
 		if capped {
-			ups[i].MaxRequests = s.slots
+			ups[i].MaxRequests = s.Slots
 		}
 	}
 	lb := map[string]any{"selection_policy": map[string]string{"policy": "least_conn"}}
@@ -61,16 +53,16 @@ func stockConfig(listen string, sims []sim, capped bool, tryDuration time.Durati
 // gatewayConfig is model_router over the sims, every backend serving the same
 // model with the same capability, so only load and latency tell them apart.
 // With redis set, the router shares its state in pool "bench" on that Redis.
-func gatewayConfig(listen string, sims []sim, strategy string, maxWait time.Duration, redis string) string {
+func gatewayConfig(listen string, sims []simfleet.Sim, strategy string, maxWait time.Duration, redis string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\nhttp://%s {\n\tmodel_router {\n\t\tstrategy %s\n\t\tmax_wait %s\n\t\tmax_queue 10000\n",
-		globalOptions, listen, strategy, maxWait)
+		simfleet.GlobalOptions, listen, strategy, maxWait)
 	if redis != "" {
 		fmt.Fprintf(&b, "\t\tpool bench\n\t\tredis redis://%s/0\n", redis)
 	}
 	for _, s := range sims {
 		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight %d\n\t\t}\n",
-			s.name, s.addr, s.slots)
+			s.Name, s.Addr, s.Slots)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modelrouter/modelrouter/bench/internal/loadgen"
+	"github.com/modelrouter/modelrouter/bench/internal/report"
+	"github.com/modelrouter/modelrouter/bench/internal/simfleet"
+	"github.com/modelrouter/modelrouter/bench/internal/stats"
+	"github.com/modelrouter/modelrouter/bench/internal/workload"
+)
+
+// Targets from issues 2, 3 and 7.
+const (
+	targetP99VsStock    = 0.90 // fixed: p99 (c) ÷ p99 (b') at most (issue 2)
+	targetP99Replicated = 1.10 // p99 (c×N on Redis) ÷ p99 (c) at most (issue 3)
+	targetP99Wide       = 0.60 // wide (and heavy, shown): p99 (c) ÷ p99 (b') at most (issue 7)
+	targetP99VsBaseline = 1.05 // fixed: p99 (c) ÷ p99 (c0) at most, within noise (issue 7)
+)
+
+// result is a contender's outcomes taken together.
+type result struct {
+	ok, failed    int
+	p50, p95, p99 time.Duration
+	ttftP99       time.Duration
+	reachedFull   int64
+	failures      map[string]int
+}
+
+func summarize(c *contender) result {
+	r := result{failures: map[string]int{}}
+	var lat, ttft []time.Duration
+	for _, o := range c.outcomes {
+		if !o.OK {
+			r.failed++
+			r.failures[o.Failure]++
+			continue
+		}
+		r.ok++
+		lat = append(lat, o.Latency)
+		if o.Arrival.Stream {
+			ttft = append(ttft, o.TTFT)
+		}
+	}
+	sorted := stats.Sorted(lat)
+	r.p50, r.p95, r.p99 = stats.Percentile(sorted, 0.50), stats.Percentile(sorted, 0.95), stats.Percentile(sorted, 0.99)
+	r.ttftP99 = stats.Percentile(stats.Sorted(ttft), 0.99)
+	for _, s := range c.perSim {
+		r.reachedFull += s.ReachedFull
+	}
+	return r
+}
+
+func printReport(o options, spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
+	var slots []string
+	for _, s := range sims {
+		slots = append(slots, strconv.Itoa(s.Slots))
+	}
+	simCols := strings.Join(simfleet.Names(sims), "/")
+	results := map[string]result{}
+	t := &report.Table{Left: 1}
+	t.Row("contender", "ok", "failed", "p50", "p95", "p99", "TTFT p99", "reached full", "requests "+simCols, "peak "+simCols)
+	for _, c := range contenders {
+		if len(c.outcomes) == 0 {
+			t.Row(c.name() + " not run")
+			continue
+		}
+		r := summarize(c)
+		results[c.key] = r
+		var reqs, peaks []string
+		for _, s := range c.perSim {
+			reqs = append(reqs, strconv.FormatInt(s.Requests, 10))
+			peaks = append(peaks, strconv.FormatInt(s.PeakConcurrent, 10))
+		}
+		t.Row(c.name(), strconv.Itoa(r.ok), strconv.Itoa(r.failed), report.Ms(r.p50), report.Ms(r.p95), report.Ms(r.p99),
+			report.Ms(r.ttftP99), strconv.FormatInt(r.reachedFull, 10), strings.Join(reqs, "/"), strings.Join(peaks, "/"))
+	}
+	t.Write(os.Stdout, "")
+	fmt.Printf("(latency from each request's scheduled arrival to its last byte, successful requests only; TTFT to the first SSE data line;\n"+
+		" reached full = requests that arrived at a sim while all its slots were busy; peak = most requests at a sim at once, slots %s)\n",
+		strings.Join(slots, "/"))
+
+	for _, c := range contenders {
+		r, ok := results[c.key]
+		if ok && r.failed > 0 {
+			fmt.Printf("%s failures: %s\n", c.name(), topFailures(r.failures, 3))
+		}
+		for _, l := range c.leaks {
+			fmt.Printf("%s ANOMALY: %s\n", c.name(), l)
+		}
+	}
+	var lags []time.Duration
+	for _, c := range contenders {
+		for _, out := range c.outcomes {
+			lags = append(lags, out.Lag)
+		}
+	}
+	sortedLags := stats.Sorted(lags)
+	fmt.Printf("load generator sent late by p99 %s, max %s (large values: the machine was too busy to keep the schedule)\n",
+		report.Ms(stats.Percentile(sortedLags, 0.99)), report.Ms(stats.Percentile(sortedLags, 1)))
+
+	printRoundP99s(contenders)
+	if len(spec.Buckets) > 0 {
+		printBuckets(spec, sims, contenders)
+	}
+	printTargets(spec, contenders, results)
+}
+
+// printRoundP99s shows each contender's p99 round by round, with their
+// spread: a verdict near its target is only as good as this is tight.
+func printRoundP99s(contenders []*contender) {
+	fmt.Println("\np99 per round (rounds in order; min-max)")
+	for _, c := range contenders {
+		if len(c.roundP99s) == 0 {
+			continue
+		}
+		var ps []string
+		for _, p := range c.roundP99s {
+			ps = append(ps, report.Ms(p))
+		}
+		sorted := stats.Sorted(c.roundP99s)
+		fmt.Printf("  %-6s %s   (%s-%s)\n", c.name(), strings.Join(ps, " "), report.Ms(sorted[0]), report.Ms(sorted[len(sorted)-1]))
+	}
+}
+
+// bucketStats is one contender's requests of one output-length bucket.
+type bucketStats struct {
+	latencies []time.Duration
+	perSim    map[string]int
+}
+
+// printBuckets breaks latency down by the requests' output length, with the
+// sims that answered them: whether the long answers went to the fast sim.
+func printBuckets(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
+	names := simfleet.Names(sims)
+	labels := spec.BucketLabels()
+	fmt.Printf("\nby output length (tokens): p50, p99 and requests per sim %s (answered ones, from the %s header)\n",
+		strings.Join(names, "/"), loadgen.SimHeader)
+	t := &report.Table{Left: 2}
+	t.Row("contender", "tokens", "requests", "p50", "p99", "per sim "+strings.Join(names, "/"), "share "+strings.Join(names, "/"))
+	for _, c := range contenders {
+		if len(c.outcomes) == 0 {
+			continue
+		}
+		buckets := make([]bucketStats, len(labels))
+		for i := range buckets {
+			buckets[i].perSim = map[string]int{}
+		}
+		for _, o := range c.outcomes {
+			b := spec.Bucket(o.Arrival.Output)
+			if b < 0 || !o.OK {
+				continue
+			}
+			buckets[b].latencies = append(buckets[b].latencies, o.Latency)
+			buckets[b].perSim[o.Sim]++
+		}
+		for i, b := range buckets {
+			sorted := stats.Sorted(b.latencies)
+			var counts, shares []string
+			for _, n := range names {
+				counts = append(counts, strconv.Itoa(b.perSim[n]))
+				share := 0.0
+				if len(sorted) > 0 {
+					share = 100 * float64(b.perSim[n]) / float64(len(sorted))
+				}
+				shares = append(shares, fmt.Sprintf("%.0f%%", share))
+			}
+			key := c.name()
+			if i > 0 {
+				key = ""
+			}
+			t.Row(key, labels[i], strconv.Itoa(len(sorted)), report.Ms(stats.Percentile(sorted, 0.5)),
+				report.Ms(stats.Percentile(sorted, 0.99)), strings.Join(counts, "/"), strings.Join(shares, "/"))
+		}
+	}
+	t.Write(os.Stdout, "  ")
+}
+
+// printTargets prints the ratio lines of the issues' targets that the
+// workload and contenders allow.
+func printTargets(spec workload.Spec, contenders []*contender, results map[string]result) {
+	ran := func(key string) (result, bool) { r, ok := results[key]; return r, ok }
+	ratioLine := func(num, den string, target float64, note string) {
+		rn, okn := ran(num)
+		rd, okd := ran(den)
+		if !okn || !okd {
+			fmt.Printf("  %-5s p99 ÷ (%s) p99: n/a (%s not run)\n", "("+num+")", den, notRun(okn, num, okd, den))
+			return
+		}
+		ratio := stats.DurationRatio(rn.p99, rd.p99)
+		fmt.Printf("  %-5s p99 ÷ (%s) p99 = %s ≤ %.2f  %s%s\n", "("+num+")", den, report.PreciseRatio(ratio), target,
+			report.AtMost(ratio, target), note)
+	}
+	fullLine := func(key string) {
+		r, ok := ran(key)
+		if !ok {
+			return
+		}
+		fmt.Printf("  %-5s reached a full backend = %d, want 0  %s\n", "("+key+")", r.reachedFull, report.Verdict(r.reachedFull == 0, true))
+		if r.failed > 0 {
+			fmt.Printf("  %-5s failed requests = %d, want 0  MISS\n", "("+key+")", r.failed)
+		}
+	}
+
+	if spec.Name == "fixed" {
+		fmt.Println("\ntargets (issue 2: ours against the strongest stock setup (b'); issue 7: no worse than before predictive routing (c0))")
+		ratioLine("c", "b'", targetP99VsStock, "")
+		ratioLine("c2", "b'", targetP99VsStock, "")
+		ratioLine("c", "c0", targetP99VsBaseline, "")
+	} else {
+		note := ""
+		if spec.Name != "wide" {
+			note = "  (the target is set on wide; shown for " + spec.Name + ")"
+		}
+		fmt.Printf("\ntargets (issue 7: predictive routing on the %s workload against the strongest stock setup (b'))\n", spec.Name)
+		ratioLine("c", "b'", targetP99Wide, note)
+		ratioLine("cf", "b'", targetP99Wide, "  (for comparison)")
+		ratioLine("c0", "b'", targetP99Wide, "  (for comparison)")
+		ratioLine("c", "c0", 1, "  (for comparison: ours now against before)")
+	}
+	for _, key := range []string{"c0", "cf", "c", "c2"} {
+		fullLine(key)
+	}
+
+	for _, c := range contenders {
+		if !strings.HasPrefix(c.key, "c") || !strings.HasSuffix(c.key, "redis") {
+			continue
+		}
+		fmt.Printf("\ntargets (issue 3: %d replica(s) sharing Redis against our single replica (c))\n", c.replicas)
+		r, ok := results[c.key]
+		if !ok {
+			fmt.Printf("  %s not run: %v\n", c.name(), c.err)
+			continue
+		}
+		ratio := stats.DurationRatio(r.p99, results["c"].p99)
+		fmt.Printf("  %s reached a full backend = %d, want 0  %s\n", c.name(), r.reachedFull, report.Verdict(r.reachedFull == 0, true))
+		fmt.Printf("  %s p99 ÷ (c) p99 = %s ≤ %.2f  %s\n", c.name(), report.PreciseRatio(ratio), targetP99Replicated, report.AtMost(ratio, targetP99Replicated))
+		if r.failed > 0 {
+			fmt.Printf("  %s failed requests = %d, want 0  MISS\n", c.name(), r.failed)
+		}
+	}
+}
+
+func notRun(okn bool, num string, okd bool, den string) string {
+	var missing []string
+	if !okn {
+		missing = append(missing, "("+num+")")
+	}
+	if !okd {
+		missing = append(missing, "("+den+")")
+	}
+	return strings.Join(missing, " and ")
+}
+
+// topFailures lists the commonest failure reasons with their counts.
+func topFailures(failures map[string]int, n int) string {
+	type reason struct {
+		text  string
+		count int
+	}
+	var rs []reason
+	for t, c := range failures {
+		rs = append(rs, reason{t, c})
+	}
+	sort.Slice(rs, func(i, j int) bool {
+		return rs[i].count > rs[j].count || (rs[i].count == rs[j].count && rs[i].text < rs[j].text)
+	})
+	var parts []string
+	for i, r := range rs {
+		if i == n {
+			parts = append(parts, fmt.Sprintf("and %d more kinds", len(rs)-n))
+			break
+		}
+		parts = append(parts, fmt.Sprintf("%d× %q", r.count, r.text))
+	}
+	return strings.Join(parts, "; ")
+}
