@@ -62,3 +62,18 @@ func TestSelectContenders(t *testing.T) {
 		}
 	}
 }
+
+func TestAllOthersFull(t *testing.T) {
+	for _, tc := range []struct {
+		explain string
+		want    bool
+	}{
+		{"strategy=balanced chosen=C; A score=0.400 inflight=4/4 full wait=120ms ttft=150ms total=600ms; B score=0.300 inflight=4/4 full; C score=0.200 inflight=3/8 wait=0s ttft=200ms total=2s", true},
+		{"strategy=balanced chosen=C; C score=0.500 inflight=3/8; A score=0.400 inflight=3/4 wait=0s ttft=100ms total=500ms; B score=0.300 inflight=4/4 full", false},
+		{"strategy=balanced chosen=C; C score=0.500 inflight=3/8", false},
+	} {
+		if got := allOthersFull(tc.explain, "C"); got != tc.want {
+			t.Errorf("allOthersFull(%q) = %v, want %v", tc.explain, got, tc.want)
+		}
+	}
+}

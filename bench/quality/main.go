@@ -26,6 +26,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
 	"slices"
@@ -33,6 +34,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelrouter/modelrouter/bench/internal/configs"
 	"github.com/modelrouter/modelrouter/bench/internal/harness"
 	"github.com/modelrouter/modelrouter/bench/internal/loadgen"
 	"github.com/modelrouter/modelrouter/bench/internal/report"
@@ -56,9 +58,13 @@ type options struct {
 	replicas    int
 	redis       string
 	baselineRef string
+	explain     bool
 	bin         string
 	keep        bool
 }
+
+// explainRequestHeader is the explain_header of the routers with -explain.
+const explainRequestHeader = "X-Bench-Explain"
 
 // defaultContenders is who runs when -contenders is not given.
 var defaultContenders = map[string]string{
@@ -75,6 +81,7 @@ type contender struct {
 	label    string
 	replicas int
 	baseline bool // runs the gateway built from -baseline-ref
+	explain  bool // asks the router to explain its decisions (-explain)
 	config   func(listen string) (config, adapter string)
 
 	urls  []string
@@ -105,6 +112,7 @@ func main() {
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")
 	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis: adds model_router replicas with `pool bench` and `redis redis://ADDR/0`")
 	flag.StringVar(&o.baselineRef, "baseline-ref", "0dfb174", "git commit of contender (c0): our gateway before predictive routing")
+	flag.BoolVar(&o.explain, "explain", false, "ask (cf), (c) and (c2) to explain every decision (explain_header) and show what they predicted for long answers sent to the slowest sim")
 	flag.StringVar(&o.bin, "bin", "", "prebuilt gateway binary (default: go build ./cmd/modelrouter into a temp dir)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir with configs and process logs")
 	flag.Parse()
@@ -193,7 +201,11 @@ func run(h *harness.Harness, o options, spec workload.Spec) error {
 				return err
 			}
 			client := loadgen.NewClient()
-			outs := loadgen.OpenLoop(h.Context(), client, c.urls, chunk, time.Now(), o.timeout)
+			var header http.Header
+			if c.explain {
+				header = http.Header{explainRequestHeader: {"1"}}
+			}
+			outs := loadgen.OpenLoop(h.Context(), client, c.urls, header, chunk, time.Now(), o.timeout)
 			client.CloseIdleConnections()
 			if h.Interrupted() {
 				return h.Context().Err()
@@ -246,12 +258,14 @@ func printHeader(o options, spec workload.Spec, sims []simfleet.Sim, capReqs, ra
 // ask for; with sims nil it only checks the names.
 func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
 	stock := func(capped bool) func(string) (string, string) {
-		return func(listen string) (string, string) { return stockConfig(listen, sims, capped, o.maxWait), "" }
+		return func(listen string) (string, string) { return configs.Stock(listen, sims, capped, o.maxWait), "" }
 	}
-	ours := func(strategy, redis string) func(string) (string, string) {
-		return func(listen string) (string, string) {
-			return gatewayConfig(listen, sims, strategy, o.maxWait, redis), "caddyfile"
+	ours := func(strategy, redis string, explain bool) func(string) (string, string) {
+		ro := configs.RouterOptions{Strategy: strategy, MaxWait: o.maxWait, Redis: redis}
+		if explain {
+			ro.ExplainHeader = explainRequestHeader
 		}
+		return func(listen string) (string, string) { return configs.Router(listen, sims, ro), "caddyfile" }
 	}
 	cappedLabel := fmt.Sprintf("least_conn, per-upstream max_requests = slots, lb_try_duration %s, lb_try_interval 10ms", o.maxWait)
 	oursLabel := fmt.Sprintf("max_inflight = slots, max_wait %s", o.maxWait)
@@ -260,10 +274,10 @@ func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
 		{key: "b'", slug: "bcap", replicas: 1, label: "stock Caddy reverse_proxy, " + cappedLabel, config: stock(true)},
 		{key: "c0", slug: "c0", replicas: 1, baseline: true,
 			label:  fmt.Sprintf("model_router strategy balanced built from %s (before predictive routing), %s", o.baselineRef, oursLabel),
-			config: ours("balanced", "")},
-		{key: "cf", slug: "cf", replicas: 1, label: "model_router strategy fastest, " + oursLabel, config: ours("fastest", "")},
-		{key: "c", slug: "c", replicas: 1, label: "model_router strategy balanced (default weights), " + oursLabel, config: ours("balanced", "")},
-		{key: "c2", slug: "c2", replicas: 1, label: "model_router strategy least_load, " + oursLabel, config: ours("least_load", "")},
+			config: ours("balanced", "", false)}, // 0dfb174 has no explain_header
+		{key: "cf", slug: "cf", replicas: 1, label: "model_router strategy fastest, " + oursLabel, config: ours("fastest", "", o.explain), explain: o.explain},
+		{key: "c", slug: "c", replicas: 1, label: "model_router strategy balanced (default weights), " + oursLabel, config: ours("balanced", "", o.explain), explain: o.explain},
+		{key: "c2", slug: "c2", replicas: 1, label: "model_router strategy least_load, " + oursLabel, config: ours("least_load", "", o.explain), explain: o.explain},
 	}
 	var cs []*contender
 	for _, key := range strings.Split(o.contenders, ",") {
@@ -290,7 +304,7 @@ func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
 			label = fmt.Sprintf("%d model_router replicas sharing Redis %s (pool bench), balanced, %s", n, o.redis, oursLabel)
 		}
 		cs = append(cs, &contender{key: key, slug: fmt.Sprintf("c-redis-x%d", n), replicas: n, label: label,
-			config: ours("balanced", o.redis)})
+			config: ours("balanced", o.redis, false)})
 	}
 	return cs, nil
 }

@@ -107,6 +107,7 @@ func printReport(o options, spec workload.Spec, sims []simfleet.Sim, contenders 
 	printRoundP99s(contenders)
 	if len(spec.Buckets) > 0 {
 		printBuckets(spec, sims, contenders)
+		printExplanations(spec, sims, contenders)
 	}
 	printTargets(spec, contenders, results)
 }
@@ -279,4 +280,69 @@ func topFailures(failures map[string]int, n int) string {
 		parts = append(parts, fmt.Sprintf("%d× %q", r.count, r.text))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// printExplanations shows, for the contenders that explained their
+// decisions (-explain), the longest answers (the top bucket) that went to the
+// slowest sim: how many, how many of those found every other sim full when
+// they were routed, and a few decisions as the router explained them.
+func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
+	slowest := sims[0]
+	for _, s := range sims {
+		if s.PerToken > slowest.PerToken {
+			slowest = s
+		}
+	}
+	top := len(spec.Buckets) - 2
+	label := spec.BucketLabels()[top]
+	header := false
+	for _, c := range contenders {
+		if !c.explain || len(c.outcomes) == 0 {
+			continue
+		}
+		if !header {
+			fmt.Printf("\nanswers of %s tokens sent to the slowest sim %s, as the router explained them (%s)\n", label, slowest.Name, loadgen.ExplainHeader)
+			header = true
+		}
+		var sent, othersFull, explained int
+		var samples []string
+		for _, o := range c.outcomes {
+			if !o.OK || spec.Bucket(o.Arrival.Output) != top || o.Sim != slowest.Name {
+				continue
+			}
+			sent++
+			if o.Explain == "" {
+				continue
+			}
+			explained++
+			if allOthersFull(o.Explain, slowest.Name) {
+				othersFull++
+			} else if len(samples) < 4 {
+				samples = append(samples, fmt.Sprintf("%d tokens, prompt %d, %s: %s", o.Arrival.Output, o.Arrival.Prompt, report.Ms(o.Latency), o.Explain))
+			}
+		}
+		fmt.Printf("  %s %d sent to %s, %d explained, of which %d found every other sim full; some of the others:\n", c.name(), sent, slowest.Name, explained, othersFull)
+		for _, s := range samples {
+			fmt.Printf("    %s\n", s)
+		}
+	}
+}
+
+// allOthersFull reports whether an explanation ("strategy=… chosen=C; A
+// score=… inflight=4/4 full …; B …; C …") marks every candidate but chosen
+// as full.
+func allOthersFull(explain, chosen string) bool {
+	parts := strings.Split(explain, "; ")
+	others := 0
+	for _, p := range parts[1:] {
+		name, rest, _ := strings.Cut(p, " ")
+		if name == chosen {
+			continue
+		}
+		others++
+		if !strings.Contains(" "+rest+" ", " full ") {
+			return false
+		}
+	}
+	return others > 0
 }

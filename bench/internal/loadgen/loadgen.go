@@ -22,6 +22,10 @@ import (
 // itself; proxies pass it through, so it tells which backend answered.
 const SimHeader = "X-Sim-Name"
 
+// ExplainHeader is the response header in which model_router explains its
+// decision, to requests that carry its configured explain_header.
+const ExplainHeader = "X-Model-Router-Explain"
+
 // Outcome is how one request went. Times run from the request's scheduled
 // arrival.
 type Outcome struct {
@@ -32,6 +36,7 @@ type Outcome struct {
 	Lag     time.Duration // how late the generator sent it
 	Failure string        // why it failed
 	Sim     string        // the backend that answered (SimHeader), "" if none said
+	Explain string        // the router's explanation (ExplainHeader), if it gave one
 }
 
 // NewClient returns an HTTP client for loopback load: no proxy from the
@@ -46,10 +51,11 @@ func NewClient() *http.Client {
 }
 
 // OpenLoop sends each arrival at start + its offset, whatever is still
-// outstanding, arrival a to urls[a.Index % len(urls)], and returns when every
-// request has ended (each bounded by timeout). When ctx is done it stops
-// sending, cancels what is outstanding and returns the outcomes so far.
-func OpenLoop(ctx context.Context, client *http.Client, urls []string, chunk []workload.Arrival, start time.Time, timeout time.Duration) []Outcome {
+// outstanding, arrival a to urls[a.Index % len(urls)] with the extra header
+// (may be nil), and returns when every request has ended (each bounded by
+// timeout). When ctx is done it stops sending, cancels what is outstanding
+// and returns the outcomes so far.
+func OpenLoop(ctx context.Context, client *http.Client, urls []string, header http.Header, chunk []workload.Arrival, start time.Time, timeout time.Duration) []Outcome {
 	out := make([]Outcome, len(chunk))
 	var wg sync.WaitGroup
 	for i, a := range chunk {
@@ -68,7 +74,7 @@ func OpenLoop(ctx context.Context, client *http.Client, urls []string, chunk []w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			out[i] = Send(ctx, client, urls[a.Index%len(urls)], a, at, timeout)
+			out[i] = Send(ctx, client, urls[a.Index%len(urls)], header, a, at, timeout)
 			out[i].Lag = lag
 		}()
 	}
@@ -76,9 +82,9 @@ func OpenLoop(ctx context.Context, client *http.Client, urls []string, chunk []w
 	return out
 }
 
-// Send sends one chat request and reads its answer; at is its scheduled
-// arrival, which its times count from.
-func Send(ctx context.Context, client *http.Client, url string, a workload.Arrival, at time.Time, timeout time.Duration) Outcome {
+// Send sends one chat request, with the extra header (may be nil), and reads
+// its answer; at is its scheduled arrival, which its times count from.
+func Send(ctx context.Context, client *http.Client, url string, header http.Header, a workload.Arrival, at time.Time, timeout time.Duration) Outcome {
 	o := Outcome{Arrival: a}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -86,6 +92,9 @@ func Send(ctx context.Context, client *http.Client, url string, a workload.Arriv
 	if err != nil {
 		o.Failure = err.Error()
 		return o
+	}
+	for k, vs := range header {
+		req.Header[k] = vs
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := client.Do(req)
@@ -96,6 +105,7 @@ func Send(ctx context.Context, client *http.Client, url string, a workload.Arriv
 	}
 	defer resp.Body.Close()
 	o.Sim = resp.Header.Get(SimHeader)
+	o.Explain = resp.Header.Get(ExplainHeader)
 	if resp.StatusCode != http.StatusOK {
 		snippet, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
 		o.Failure = fmt.Sprintf("status %d: %s", resp.StatusCode, bytes.TrimSpace(snippet))
