@@ -63,17 +63,22 @@ func TestSelectContenders(t *testing.T) {
 	}
 }
 
-func TestAllOthersFull(t *testing.T) {
+func TestClassifyDecision(t *testing.T) {
 	for _, tc := range []struct {
 		explain string
-		want    bool
+		want    decisionKind
 	}{
-		{"strategy=balanced chosen=C; A score=0.400 inflight=4/4 full wait=120ms ttft=150ms total=600ms; B score=0.300 inflight=4/4 full; C score=0.200 inflight=3/8 wait=0s ttft=200ms total=2s", true},
-		{"strategy=balanced chosen=C; C score=0.500 inflight=3/8; A score=0.400 inflight=3/4 wait=0s ttft=100ms total=500ms; B score=0.300 inflight=4/4 full", false},
-		{"strategy=balanced chosen=C; C score=0.500 inflight=3/8", false},
+		{"strategy=balanced chosen=C; A score=0.400 inflight=4/4 full wait=120ms ttft=150ms total=600ms; B score=0.300 inflight=4/4 full; C score=0.200 inflight=3/8 wait=0s ttft=200ms total=2s", othersFull},
+		{"strategy=balanced chosen=C; C score=0.695 inflight=0/8; B score=0.695 inflight=0/4; A score=0.657 inflight=1/4", noPrediction},
+		{"strategy=balanced chosen=C; C score=0.839 inflight=3/8 wait=0s ttft=75ms total=123ms; B score=0.820 inflight=2/4 wait=0s ttft=75ms total=123ms; A score=0.782 inflight=3/4 wait=0s ttft=75ms total=123ms", predictedFaster},
+		{"strategy=balanced chosen=C; C score=0.401 inflight=6/8 wait=0s ttft=405ms total=7.71s; B score=0.512 inflight=1/4 wait=0s ttft=207ms total=3.443s", predictedSlower},
+		{"strategy=balanced chosen=C; A score=0.745 inflight=4/4 full wait=1.356s ttft=1.391s total=2.738s; C score=0.403 inflight=7/8 wait=0s ttft=160ms total=7.871s; B score=0.000 inflight=4/4", othersFull},
+		{"strategy=balanced chosen=C; C score=0.403 inflight=7/8 wait=0s total=1s; A score=0.745 inflight=3/4 wait=0s total=900ms; B score=0.7 inflight=1/4 wait=0s total=2s", predictedSlower},
+		{"", unexplained},
+		{"strategy=balanced chosen=A; A score=1 inflight=1/4", unexplained},
 	} {
-		if got := allOthersFull(tc.explain, "C"); got != tc.want {
-			t.Errorf("allOthersFull(%q) = %v, want %v", tc.explain, got, tc.want)
+		if got := classify(tc.explain, "C"); got != tc.want {
+			t.Errorf("classify(%q) = %v, want %v", tc.explain, got, tc.want)
 		}
 	}
 }

@@ -284,8 +284,10 @@ func topFailures(failures map[string]int, n int) string {
 
 // printExplanations shows, for the contenders that explained their
 // decisions (-explain), the longest answers (the top bucket) that went to the
-// slowest sim: how many, how many of those found every other sim full when
-// they were routed, and a few decisions as the router explained them.
+// slowest sim, sorted by why: every other sim was full; the router had no
+// predictions; it predicted the slowest sim no slower than the others with
+// room; or it predicted it slower and ranked it first all the same. A few of
+// the latest decisions of each kind follow, as the router explained them.
 func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
 	slowest := sims[0]
 	for _, s := range sims {
@@ -301,48 +303,129 @@ func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*co
 			continue
 		}
 		if !header {
-			fmt.Printf("\nanswers of %s tokens sent to the slowest sim %s, as the router explained them (%s)\n", label, slowest.Name, loadgen.ExplainHeader)
+			fmt.Printf("\nanswers of %s tokens sent to the slowest sim %s, by why, as the router explained them (%s; latest first)\n",
+				label, slowest.Name, loadgen.ExplainHeader)
 			header = true
 		}
-		var sent, othersFull, explained int
-		var samples []string
-		for _, o := range c.outcomes {
+		sent := 0
+		byKind := map[decisionKind][]string{}
+		for i := len(c.outcomes) - 1; i >= 0; i-- {
+			o := c.outcomes[i]
 			if !o.OK || spec.Bucket(o.Arrival.Output) != top || o.Sim != slowest.Name {
 				continue
 			}
 			sent++
-			if o.Explain == "" {
+			k := classify(o.Explain, slowest.Name)
+			byKind[k] = append(byKind[k], fmt.Sprintf("request %d, %d tokens, prompt %d, took %s: %s",
+				o.Arrival.Index, o.Arrival.Output, o.Arrival.Prompt, report.Ms(o.Latency), o.Explain))
+		}
+		fmt.Printf("  %s %d sent to %s\n", c.name(), sent, slowest.Name)
+		for k := decisionKind(0); k < numDecisionKinds; k++ {
+			if len(byKind[k]) == 0 {
 				continue
 			}
-			explained++
-			if allOthersFull(o.Explain, slowest.Name) {
-				othersFull++
-			} else if len(samples) < 4 {
-				samples = append(samples, fmt.Sprintf("%d tokens, prompt %d, %s: %s", o.Arrival.Output, o.Arrival.Prompt, report.Ms(o.Latency), o.Explain))
+			fmt.Printf("    %4d %s\n", len(byKind[k]), k)
+			for _, s := range byKind[k][:min(2, len(byKind[k]))] {
+				fmt.Printf("         %s\n", s)
 			}
-		}
-		fmt.Printf("  %s %d sent to %s, %d explained, of which %d found every other sim full; some of the others:\n", c.name(), sent, slowest.Name, explained, othersFull)
-		for _, s := range samples {
-			fmt.Printf("    %s\n", s)
 		}
 	}
 }
 
-// allOthersFull reports whether an explanation ("strategy=… chosen=C; A
-// score=… inflight=4/4 full …; B …; C …") marks every candidate but chosen
-// as full.
-func allOthersFull(explain, chosen string) bool {
+// decisionKind is why a request went to the slowest sim.
+type decisionKind int
+
+const (
+	othersFull      decisionKind = iota // every other candidate was full
+	noPrediction                        // the router predicted nothing (no data yet)
+	predictedFaster                     // predicted no slower than the best other with room
+	predictedSlower                     // predicted slower than another with room, ranked first anyway
+	unexplained                         // no explanation, or one this does not read
+	numDecisionKinds
+)
+
+func (k decisionKind) String() string {
+	return [...]string{
+		"found every other sim full",
+		"had no predictions (no total= in the explanation)",
+		"were predicted to finish no later there than on another sim with room",
+		"were predicted to finish later there than on another sim with room, and ranked first anyway",
+		"were not explained",
+	}[k]
+}
+
+// candidate is one entry of an explanation: "A score=0.400 inflight=4/4 full
+// wait=120ms ttft=150ms total=600ms".
+type candidate struct {
+	name  string
+	full  bool          // marked full, or in flight at its capacity
+	total time.Duration // 0: no prediction
+}
+
+// parseExplanation reads the candidates of an explanation ("strategy=…
+// chosen=C; A …; B …; C …").
+func parseExplanation(explain string) []candidate {
 	parts := strings.Split(explain, "; ")
-	others := 0
+	var cs []candidate
 	for _, p := range parts[1:] {
-		name, rest, _ := strings.Cut(p, " ")
-		if name == chosen {
+		fields := strings.Fields(p)
+		if len(fields) == 0 {
+			continue
+		}
+		c := candidate{name: fields[0]}
+		for _, f := range fields[1:] {
+			if f == "full" {
+				c.full = true
+			}
+			if v, ok := strings.CutPrefix(f, "inflight="); ok {
+				var n, capacity int
+				if _, err := fmt.Sscanf(v, "%d/%d", &n, &capacity); err == nil && capacity > 0 && n >= capacity {
+					c.full = true
+				}
+			}
+			if v, ok := strings.CutPrefix(f, "total="); ok {
+				c.total, _ = time.ParseDuration(v)
+			}
+		}
+		cs = append(cs, c)
+	}
+	return cs
+}
+
+// classify sorts the decision that sent a request to chosen.
+func classify(explain, chosen string) decisionKind {
+	cs := parseExplanation(explain)
+	var mine *candidate
+	for i := range cs {
+		if cs[i].name == chosen {
+			mine = &cs[i]
+		}
+	}
+	if mine == nil {
+		return unexplained
+	}
+	others, open := 0, 0
+	var bestOpen time.Duration
+	for _, c := range cs {
+		if c.name == chosen {
 			continue
 		}
 		others++
-		if !strings.Contains(" "+rest+" ", " full ") {
-			return false
+		if c.full {
+			continue
+		}
+		open++
+		if c.total > 0 && (bestOpen == 0 || c.total < bestOpen) {
+			bestOpen = c.total
 		}
 	}
-	return others > 0
+	switch {
+	case others > 0 && open == 0:
+		return othersFull
+	case mine.total == 0 || bestOpen == 0:
+		return noPrediction
+	case mine.total <= bestOpen:
+		return predictedFaster
+	}
+	return predictedSlower
 }
