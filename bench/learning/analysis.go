@@ -22,14 +22,17 @@ type windowCount struct {
 // analysis is a timeline cut into windows by the requests' scheduled
 // arrival.
 type analysis struct {
-	windows        []windowCount
-	failed         int
-	slowW, backW   int     // the windows in which the slowdown and the recovery took effect
-	base           float64 // the slowed sim's share in the second half of the warm-up
-	dropT, climbT  time.Duration
-	window         time.Duration
-	smooth         int
-	slowAt, backAt time.Duration
+	windows       []windowCount
+	failed        int
+	slowW, backW  int           // the windows in which the slowdown and the recovery took effect
+	base          float64       // the slowed sim's share in the second half of the warm-up
+	dropT, climbT time.Duration // rolling share over smooth windows
+	// dropHeld and climbHeld are the same over hold windows: a longer
+	// rolling share, which a lucky or unlucky second does not cross.
+	dropHeld, climbHeld time.Duration
+	window              time.Duration
+	smooth              int
+	slowAt, backAt      time.Duration
 }
 
 // analyze counts the outcomes per window and finds the crossings: from the
@@ -37,7 +40,7 @@ type analysis struct {
 // windows) is below drop × base, and from the recovery to the end of the
 // first whose rolling share is back to climb × base; -1 when it never is
 // (before the recovery, before the end).
-func analyze(outcomes []loadgen.Outcome, slowedName string, total, warmup, slowAt, backAt, window time.Duration, smooth int, drop, climb float64) *analysis {
+func analyze(outcomes []loadgen.Outcome, slowedName string, total, warmup, slowAt, backAt, window time.Duration, smooth, hold int, drop, climb float64) *analysis {
 	n := int(math.Ceil(float64(total) / float64(window)))
 	a := &analysis{windows: make([]windowCount, n), window: window, smooth: smooth, slowAt: slowAt, backAt: backAt}
 	for _, out := range outcomes {
@@ -54,19 +57,26 @@ func analyze(outcomes []loadgen.Outcome, slowedName string, total, warmup, slowA
 	}
 	a.slowW, a.backW = a.windowOf(slowAt), a.windowOf(backAt)
 	a.base = share(a.windows[a.windowOf(warmup/2):a.slowW])
-	a.dropT = a.crossing(a.slowW, a.backW, slowAt, func(s float64) bool { return s < drop*a.base })
-	a.climbT = a.crossing(a.backW, n, backAt, func(s float64) bool { return s >= climb*a.base })
+	below := func(s float64) bool { return s < drop*a.base }
+	above := func(s float64) bool { return s >= climb*a.base }
+	a.dropT = a.crossing(a.slowW, a.backW, slowAt, smooth, below)
+	a.climbT = a.crossing(a.backW, n, backAt, smooth, above)
+	a.dropHeld = a.crossing(a.slowW, a.backW, slowAt, hold, below)
+	a.climbHeld = a.crossing(a.backW, n, backAt, hold, above)
 	return a
 }
 
 func (a *analysis) windowOf(d time.Duration) int { return min(int(d/a.window), len(a.windows)) }
 
-// rolling is the share over the smooth windows that end with window i.
-func (a *analysis) rolling(i int) float64 { return share(a.windows[max(i-a.smooth+1, 0) : i+1]) }
+// rolling is the share over the span windows that end with window i.
+func (a *analysis) rolling(i, span int) float64 { return share(a.windows[max(i-span+1, 0) : i+1]) }
 
-func (a *analysis) crossing(from, limit int, change time.Duration, past func(float64) bool) time.Duration {
+// crossing is the time from change to the end of the first window in
+// [from, limit) whose rolling share over span windows is past the threshold,
+// -1 if none is.
+func (a *analysis) crossing(from, limit int, change time.Duration, span int, past func(float64) bool) time.Duration {
 	for i := from; i < limit; i++ {
-		if s := a.rolling(i); !math.IsNaN(s) && past(s) {
+		if s := a.rolling(i, span); !math.IsNaN(s) && past(s) {
 			return time.Duration(i+1)*a.window - change
 		}
 	}
@@ -96,7 +106,7 @@ func latencies(ws []windowCount) []time.Duration {
 }
 
 func printTimeline(o options, slowedName string, tl *timeline) {
-	a := analyze(tl.outcomes, slowedName, o.warmup+o.slow+o.recover, o.warmup, tl.slowAt, tl.backAt, o.window, o.smooth, o.drop, o.climb)
+	a := analyze(tl.outcomes, slowedName, o.warmup+o.slow+o.recover, o.warmup, tl.slowAt, tl.backAt, o.window, o.smooth, o.hold, o.drop, o.climb)
 	n := len(a.windows)
 	fmt.Printf("%d requests, %d failed, %d reached a full sim; slowdown in force at %.2fs, recovery at %.2fs\n",
 		len(tl.outcomes), a.failed, tl.reachedFull, tl.slowAt.Seconds(), tl.backAt.Seconds())
@@ -126,24 +136,20 @@ func printTimeline(o options, slowedName string, tl *timeline) {
 			100*share(a.windows[row:end]), len(lat), report.Ms(stats.Percentile(lat, 0.99)))
 	}
 
-	judged := time.Duration(o.smooth) * o.window
-	fmt.Printf("\n%s's share in the second half of the warm-up: %.1f%%\n", slowedName, 100*a.base)
-	if a.dropT >= 0 {
-		fmt.Printf("  after the slowdown, its rolling %s share fell below %.0f%% of that (%.1f%%) in %s\n",
-			judged, 100*o.drop, 100*o.drop*a.base, a.dropT.Round(time.Millisecond))
-	} else {
-		fmt.Printf("  after the slowdown, its rolling %s share never fell below %.0f%% of that (%.1f%%) in the %s before the recovery\n",
-			judged, 100*o.drop, 100*o.drop*a.base, (tl.backAt - tl.slowAt).Round(time.Millisecond))
+	fmt.Printf("\n%s's share in the second half of the warm-up: %.1f%%; thresholds: below %.0f%% of it (%.1f%%), back to %.0f%% of it (%.1f%%)\n",
+		slowedName, 100*a.base, 100*o.drop, 100*o.drop*a.base, 100*o.climb, 100*o.climb*a.base)
+	left := time.Duration(n)*o.window - tl.backAt
+	for _, span := range []int{o.smooth, o.hold} {
+		dropT, climbT := a.dropT, a.climbT
+		if span == o.hold {
+			dropT, climbT = a.dropHeld, a.climbHeld
+		}
+		judged := time.Duration(span) * o.window
+		fmt.Printf("  rolling %-5s share: fell below after the slowdown in %s; back after the recovery in %s\n",
+			judged, since(dropT, tl.backAt-tl.slowAt), since(climbT, left))
 	}
-	if a.climbT >= 0 {
-		fmt.Printf("  after the recovery, it climbed back to %.0f%% of that (%.1f%%) in %s\n",
-			100*o.climb, 100*o.climb*a.base, a.climbT.Round(time.Millisecond))
-	} else {
-		fmt.Printf("  after the recovery, it never climbed back to %.0f%% of that (%.1f%%) in the %s left\n",
-			100*o.climb, 100*o.climb*a.base, (time.Duration(n)*o.window - tl.backAt).Round(time.Millisecond))
-	}
-	fmt.Printf("  (times to the end of the first %s window whose rolling %s share is past the threshold: a rolling share lags by up to %s)\n",
-		o.window, judged, judged)
+	fmt.Printf("  (from the change to the end of the first %s window whose rolling share is past the threshold; a rolling share lags by up to its span,\n"+
+		"   the short one reacts first and may cross on a lucky second, the long one does not)\n", o.window)
 
 	fmt.Println("\nphases (by arrival)")
 	t := &report.Table{Left: 1}
@@ -162,4 +168,12 @@ func printTimeline(o options, slowedName string, tl *timeline) {
 			report.Ms(stats.Percentile(lat, 0.5)), report.Ms(stats.Percentile(lat, 0.99)))
 	}
 	t.Write(os.Stdout, "  ")
+}
+
+// since prints a crossing time, or that there was none within limit.
+func since(d, limit time.Duration) string {
+	if d < 0 {
+		return "never (within " + limit.Round(time.Millisecond).String() + ")"
+	}
+	return d.Round(time.Millisecond).String()
 }

@@ -44,7 +44,7 @@ func TestAnalyze(t *testing.T) {
 		}
 		return 2
 	})
-	a := analyze(outs, "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 0.5, 0.8)
+	a := analyze(outs, "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 8, 0.5, 0.8)
 	if a.failed != 1 || len(a.windows) != 40 || a.slowW != 16 || a.backW != 28 {
 		t.Fatalf("failed %d, %d windows, slowdown in %d, recovery in %d", a.failed, len(a.windows), a.slowW, a.backW)
 	}
@@ -59,13 +59,23 @@ func TestAnalyze(t *testing.T) {
 	if a.climbT != time.Second {
 		t.Errorf("climb after %s, want 1s", a.climbT)
 	}
+	// Over 8 windows (48 requests): the 8 ending with window 19 hold 9 of
+	// B's, those ending with 20 hold 7 (< 8, a sixth) and end at 5.25s; for
+	// the climb (≥ 0.8/3 of 48 needs 13) the 8 ending with 35 hold 12, those
+	// ending with 36 hold 14 and end at 9.25s.
+	if a.dropHeld != 1250*time.Millisecond {
+		t.Errorf("held drop after %s, want 1.25s", a.dropHeld)
+	}
+	if a.climbHeld != 2250*time.Millisecond {
+		t.Errorf("held climb after %s, want 2.25s", a.climbHeld)
+	}
 
 	// B never loses its share, and never gets it back after losing it.
-	a = analyze(synthetic(func(int) int { return 2 }), "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 0.5, 0.8)
+	a = analyze(synthetic(func(int) int { return 2 }), "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 8, 0.5, 0.8)
 	if a.dropT != -1 {
 		t.Errorf("a steady share dropped after %s", a.dropT)
 	}
-	a = analyze(synthetic(func(i int) int { return map[bool]int{true: 2}[i < 16] }), "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 0.5, 0.8)
+	a = analyze(synthetic(func(i int) int { return map[bool]int{true: 2}[i < 16] }), "B", 10*time.Second, 4*time.Second, 4*time.Second, 7*time.Second, w, 2, 8, 0.5, 0.8)
 	// Windows 15 and 16 hold 2 of 12, exactly half of 1/3 and so not below
 	// it; windows 16 and 17 hold none.
 	if a.dropT != 500*time.Millisecond || a.climbT != -1 {

@@ -40,6 +40,7 @@ type options struct {
 	slowdown   float64
 	window     time.Duration
 	smooth     int
+	hold       int
 	drop       float64
 	climb      float64
 	maxWait    time.Duration
@@ -73,6 +74,7 @@ func main() {
 	flag.Float64Var(&o.slowdown, "slowdown", 3, "how many times slower the sim becomes")
 	flag.DurationVar(&o.window, "window", 250*time.Millisecond, "window of the timeline")
 	flag.IntVar(&o.smooth, "smooth", 4, "the share is judged over this many windows (rolling)")
+	flag.IntVar(&o.hold, "hold", 20, "and over this many, for a crossing that holds")
 	flag.Float64Var(&o.drop, "drop", 0.5, "the slowed sim's share has fallen when below this × its warm-up share")
 	flag.Float64Var(&o.climb, "climb", 0.8, "it has recovered when back to this × its warm-up share")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait")
@@ -86,7 +88,7 @@ func main() {
 		}
 	}
 	if o.sims < 2 || o.slots < 1 || len(o.strategies) == 0 || o.load <= 0 || o.stream < 0 || o.stream > 1 ||
-		o.warmup <= 0 || o.slow <= 0 || o.recover <= 0 || o.slowdown <= 0 || o.window <= 0 || o.smooth < 1 ||
+		o.warmup <= 0 || o.slow <= 0 || o.recover <= 0 || o.slowdown <= 0 || o.window <= 0 || o.smooth < 1 || o.hold < 1 ||
 		o.drop <= 0 || o.climb <= 0 || o.maxWait <= 0 || o.timeout <= 0 {
 		fmt.Fprintln(os.Stderr, "learning: -sims at least 2; -slots, -load, the phases, -slowdown, -window, -smooth, -drop, -climb, -max-wait and -timeout positive; -stream in [0,1]; a -strategy")
 		os.Exit(2)
