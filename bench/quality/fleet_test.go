@@ -76,6 +76,7 @@ func TestClassifyDecision(t *testing.T) {
 		{"strategy=balanced chosen=C; C score=0.403 inflight=7/8 wait=0s total=1s; A score=0.745 inflight=3/4 wait=0s total=900ms; B score=0.7 inflight=1/4 wait=0s total=2s", predictedSlower},
 		{"", unexplained},
 		{"strategy=balanced chosen=A; A score=1 inflight=1/4", unexplained},
+		{"strategy=balanced chosen=C; C score=0.775 inflight=2/8 wait=0s ttft=109ms total=1.997s", onlyCandidate},
 	} {
 		if got := classify(tc.explain, "C"); got != tc.want {
 			t.Errorf("classify(%q) = %v, want %v", tc.explain, got, tc.want)

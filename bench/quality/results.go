@@ -284,8 +284,8 @@ func topFailures(failures map[string]int, n int) string {
 
 // printExplanations shows, for the contenders that explained their
 // decisions (-explain), the longest answers (the top bucket) that went to the
-// slowest sim, sorted by why: every other sim was full; the router had no
-// predictions; it predicted the slowest sim no slower than the others with
+// slowest sim, sorted by why: it was the only candidate left in the attempt;
+// every other sim was full; the router had no predictions; it predicted the slowest sim no slower than the others with
 // room; or it predicted it slower and ranked it first all the same. A few of
 // the latest decisions of each kind follow, as the router explained them.
 func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
@@ -336,7 +336,8 @@ func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*co
 type decisionKind int
 
 const (
-	othersFull      decisionKind = iota // every other candidate was full
+	onlyCandidate   decisionKind = iota // the explanation lists no other sim
+	othersFull                          // every other candidate was full
 	noPrediction                        // the router predicted nothing (no data yet)
 	predictedFaster                     // predicted no slower than the best other with room
 	predictedSlower                     // predicted slower than another with room, ranked first anyway
@@ -346,6 +347,7 @@ const (
 
 func (k decisionKind) String() string {
 	return [...]string{
+		"were the only candidate of the attempt that placed them (the router leaves full backends out of an attempt)",
 		"found every other sim full",
 		"had no predictions (no total= in the explanation)",
 		"were predicted to finish no later there than on another sim with room",
@@ -420,7 +422,9 @@ func classify(explain, chosen string) decisionKind {
 		}
 	}
 	switch {
-	case others > 0 && open == 0:
+	case others == 0:
+		return onlyCandidate
+	case open == 0:
 		return othersFull
 	case mine.total == 0 || bestOpen == 0:
 		return noPrediction
