@@ -286,7 +286,8 @@ func topFailures(failures map[string]int, n int) string {
 // decisions (-explain), the longest answers (the top bucket) that went to the
 // slowest sim, sorted by why: it was the only candidate left in the attempt;
 // every other sim was full; the router had no predictions; it predicted the slowest sim no slower than the others with
-// room; or it predicted it slower and ranked it first all the same. A few of
+// room; or it predicted it slower than a sim listed with room that the
+// attempt passed over (left to an earlier waiter, or full in the store). A few of
 // the latest decisions of each kind follow, as the router explained them.
 func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) {
 	slowest := sims[0]
@@ -340,7 +341,7 @@ const (
 	othersFull                          // every other candidate was full
 	noPrediction                        // the router predicted nothing (no data yet)
 	predictedFaster                     // predicted no slower than the best other with room
-	predictedSlower                     // predicted slower than another with room, ranked first anyway
+	predictedSlower                     // predicted slower than another listed with room, which was passed over
 	unexplained                         // no explanation, or one this does not read
 	numDecisionKinds
 )
@@ -351,7 +352,7 @@ func (k decisionKind) String() string {
 		"found every other sim full",
 		"had no predictions (no total= in the explanation)",
 		"were predicted to finish no later there than on another sim with room",
-		"were predicted to finish later there than on another sim with room, and ranked first anyway",
+		"were predicted to finish later there than on another sim listed with room (passed over: claimed by an earlier waiter, or full in the store)",
 		"were not explained",
 	}[k]
 }
