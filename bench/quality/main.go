@@ -55,6 +55,7 @@ type options struct {
 	scale       float64
 	maxWait     time.Duration
 	timeout     time.Duration
+	warmup      time.Duration
 	replicas    int
 	redis       string
 	baselineRef string
@@ -109,6 +110,7 @@ func main() {
 	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token, prefill); the arrival rate follows")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait and stock lb_try_duration")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "client timeout per request")
+	flag.DurationVar(&o.warmup, "warmup", 0, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns)")
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")
 	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis: adds model_router replicas with `pool bench` and `redis redis://ADDR/0`")
 	flag.StringVar(&o.baselineRef, "baseline-ref", "0dfb174", "git commit of contender (c0): our gateway before predictive routing")
@@ -116,8 +118,8 @@ func main() {
 	flag.StringVar(&o.bin, "bin", "", "prebuilt gateway binary (default: go build ./cmd/modelrouter into a temp dir)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir with configs and process logs")
 	flag.Parse()
-	if o.requests < 1 || o.rounds < 1 || o.load <= 0 || o.stream < 0 || o.stream > 1 || o.tokens < 1 || o.scale <= 0 || o.replicas < 1 || o.maxWait <= 0 || o.timeout <= 0 {
-		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive; -stream in [0,1]")
+	if o.requests < 1 || o.rounds < 1 || o.load <= 0 || o.stream < 0 || o.stream > 1 || o.tokens < 1 || o.scale <= 0 || o.replicas < 1 || o.maxWait <= 0 || o.timeout <= 0 || o.warmup < 0 {
+		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive, -warmup not negative; -stream in [0,1]")
 		os.Exit(2)
 	}
 	spec, err := workload.Named(o.workload, o.tokens)
@@ -187,6 +189,13 @@ func run(h *harness.Harness, o options, spec workload.Spec) error {
 
 	control := simfleet.Control{Client: loadgen.NewClient()}
 	chunks := workload.Schedule(o.requests, o.rounds, rate, o.stream, o.seed, spec)
+	// The warm-up traffic is drawn from another seed, the same for every
+	// contender and round.
+	var warmup []workload.Arrival
+	if o.warmup > 0 {
+		warmup = trimAfter(workload.Arrivals(int(rate*o.warmup.Seconds()*1.5)+10, rate, o.stream, o.seed+1_000_003, spec), o.warmup)
+		fmt.Printf("before each contender's turn: %s (%d requests) of unmeasured warm-up, then the sims are reset\n\n", o.warmup, len(warmup))
+	}
 	for r, chunk := range chunks {
 		line := fmt.Sprintf("round %d/%d (%d requests):", r+1, len(chunks), len(chunk))
 		for i := range contenders {
@@ -197,13 +206,21 @@ func run(h *harness.Harness, o options, spec workload.Spec) error {
 			if !c.available() {
 				continue
 			}
-			if err := control.Reset(sims); err != nil {
-				return err
-			}
 			client := loadgen.NewClient()
 			var header http.Header
 			if c.explain {
 				header = http.Header{explainRequestHeader: {"1"}}
+			}
+			if len(warmup) > 0 {
+				// Unmeasured: the router relearns what its window forgot
+				// while the others had their turns.
+				loadgen.OpenLoop(h.Context(), client, c.urls, header, warmup, time.Now(), o.timeout)
+				if _, err := control.Settle(sims); err != nil {
+					c.leaks = append(c.leaks, fmt.Sprintf("round %d warm-up: %v", r+1, err))
+				}
+			}
+			if err := control.Reset(sims); err != nil {
+				return err
 			}
 			outs := loadgen.OpenLoop(h.Context(), client, c.urls, header, chunk, time.Now(), o.timeout)
 			client.CloseIdleConnections()
@@ -377,4 +394,14 @@ func roundSummary(outs []loadgen.Outcome, sims []simfleet.Stats) (p99 time.Durat
 		full += s.ReachedFull
 	}
 	return stats.Percentile(stats.Sorted(lat), 0.99), fails, full
+}
+
+// trimAfter keeps the arrivals before end.
+func trimAfter(all []workload.Arrival, end time.Duration) []workload.Arrival {
+	for i, a := range all {
+		if a.Offset >= end {
+			return all[:i]
+		}
+	}
+	return all
 }
