@@ -6,53 +6,72 @@
 //	(b)   stock Caddy reverse_proxy, lb_policy least_conn
 //	(b')  stock Caddy least_conn, per-upstream max_requests = slots,
 //	      lb_try_duration, lb_try_interval 10ms (the strongest stock setup)
-//	(c)   model_router, strategy balanced
+//	(c0)  model_router balanced as of -baseline-ref (before predictive routing)
+//	(cf)  model_router, strategy fastest
+//	(c)   model_router, strategy balanced (the default)
 //	(c2)  model_router, strategy least_load
 //
 // and, with -replicas N, N stock replicas of (b') and, with -redis, N
 // model_router replicas sharing state in Redis, arrivals spread round-robin.
+// The workload (-workload) is fixed (issue 2: every answer 32 tokens) or wide
+// or heavy (issue 7: answer lengths and prompt sizes drawn per request).
 // Contenders take turns in rounds, against freshly reset sims; the report is
 // latency percentiles, failures, requests that reached a full backend (from
-// the sims' own counters) and ratios against the stock baseline.
+// the sims' own counters), where the requests went and ratios against the
+// stock baseline and our earlier self.
 //
-//	go run ./bench/quality [-requests 3000] [-rounds 6] [-load 0.85] [-replicas 3 -redis 127.0.0.1:6390]
+//	go run ./bench/quality [-workload wide] [-requests 3000] [-rounds 6] [-load 0.85] [-replicas 3 -redis 127.0.0.1:6390]
 package main
 
 import (
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"runtime"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/modelrouter/modelrouter/bench/internal/configs"
 	"github.com/modelrouter/modelrouter/bench/internal/harness"
+	"github.com/modelrouter/modelrouter/bench/internal/loadgen"
 	"github.com/modelrouter/modelrouter/bench/internal/report"
+	"github.com/modelrouter/modelrouter/bench/internal/simfleet"
 	"github.com/modelrouter/modelrouter/bench/internal/stats"
-)
-
-// Targets from issues 2 and 3.
-const (
-	targetP99VsStock    = 0.90 // p99 (c) ÷ p99 (b') at most
-	targetP99Replicated = 1.10 // p99 (c×N on Redis) ÷ p99 (c) at most
+	"github.com/modelrouter/modelrouter/bench/internal/workload"
 )
 
 type options struct {
-	requests int
-	rounds   int
-	load     float64
-	stream   float64
-	seed     uint64
-	tokens   int
-	scale    float64
-	maxWait  time.Duration
-	timeout  time.Duration
-	replicas int
-	redis    string
-	bin      string
-	keep     bool
+	workload    string
+	contenders  string
+	requests    int
+	rounds      int
+	load        float64
+	stream      float64
+	seed        uint64
+	tokens      int
+	scale       float64
+	maxWait     time.Duration
+	timeout     time.Duration
+	warmup      time.Duration
+	replicas    int
+	redis       string
+	baselineRef string
+	explain     bool
+	bin         string
+	keep        bool
+}
+
+// explainRequestHeader is the explain_header of the routers with -explain.
+const explainRequestHeader = "X-Bench-Explain"
+
+// defaultContenders is who runs when -contenders is not given.
+var defaultContenders = map[string]string{
+	"fixed": "b,b',c0,c,c2",
+	"wide":  "b',c0,cf,c",
+	"heavy": "b',c0,cf,c",
 }
 
 // contender is one way of routing the workload to the sims: one or more
@@ -62,85 +81,121 @@ type contender struct {
 	slug     string // in process and file names
 	label    string
 	replicas int
+	baseline bool // runs the gateway built from -baseline-ref
+	explain  bool // asks the router to explain its decisions (-explain)
 	config   func(listen string) (config, adapter string)
 
 	urls  []string
 	procs []*harness.Process
 	err   error
 
-	outcomes []outcome
-	perSim   []simStats // summed over rounds; PeakConcurrent is the maximum
-	leaks    []string
+	outcomes  []loadgen.Outcome
+	roundP99s []time.Duration
+	perSim    []simfleet.Stats // summed over rounds; PeakConcurrent is the maximum
+	leaks     []string
 }
 
 func (c *contender) name() string { return "(" + c.key + ")" }
 
 func main() {
 	var o options
+	flag.StringVar(&o.workload, "workload", "fixed", "fixed (every answer -tokens long), wide (answers 16-256 tokens, prompts 50-4000) or heavy (answers 8-1024, heavy-tailed)")
+	flag.StringVar(&o.contenders, "contenders", "", "comma-separated contenders of b, b', c0, cf, c, c2 (default: b,b',c0,c,c2 for fixed; b',c0,cf,c for wide and heavy)")
 	flag.IntVar(&o.requests, "requests", 3000, "requests per contender, the same arrivals for each")
 	flag.IntVar(&o.rounds, "rounds", 6, "rounds; the requests are cut into this many chunks and contenders take turns on each")
-	flag.Float64Var(&o.load, "load", 0.85, "arrival rate as a share of total capacity (Σ slots ÷ service time)")
+	flag.Float64Var(&o.load, "load", 0.85, "arrival rate as a share of total capacity (Σ slots ÷ mean service time)")
 	flag.Float64Var(&o.stream, "stream", 0.5, "share of requests that stream")
-	flag.Uint64Var(&o.seed, "seed", 1, "seed of the arrival times and of which requests stream")
-	flag.IntVar(&o.tokens, "tokens", 32, "completion tokens per answer")
-	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token); the arrival rate follows")
+	flag.Uint64Var(&o.seed, "seed", 1, "seed of the arrival times, of which requests stream, and of their sizes")
+	flag.IntVar(&o.tokens, "tokens", 32, "completion tokens per answer of the fixed workload")
+	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token, prefill); the arrival rate follows")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait and stock lb_try_duration")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "client timeout per request")
+	flag.DurationVar(&o.warmup, "warmup", 0, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns)")
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")
 	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis: adds model_router replicas with `pool bench` and `redis redis://ADDR/0`")
+	flag.StringVar(&o.baselineRef, "baseline-ref", "0dfb174", "git commit of contender (c0): our gateway before predictive routing")
+	flag.BoolVar(&o.explain, "explain", false, "ask (cf), (c) and (c2) to explain every decision (explain_header) and show what they predicted for long answers sent to the slowest sim")
 	flag.StringVar(&o.bin, "bin", "", "prebuilt gateway binary (default: go build ./cmd/modelrouter into a temp dir)")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temp dir with configs and process logs")
 	flag.Parse()
-	if o.requests < 1 || o.rounds < 1 || o.load <= 0 || o.stream < 0 || o.stream > 1 || o.tokens < 1 || o.scale <= 0 || o.replicas < 1 || o.maxWait <= 0 || o.timeout <= 0 {
-		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive; -stream in [0,1]")
+	if o.requests < 1 || o.rounds < 1 || o.load <= 0 || o.stream < 0 || o.stream > 1 || o.tokens < 1 || o.scale <= 0 || o.replicas < 1 || o.maxWait <= 0 || o.timeout <= 0 || o.warmup < 0 {
+		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive, -warmup not negative; -stream in [0,1]")
 		os.Exit(2)
 	}
-	harness.Main("quality", o.keep, func(h *harness.Harness) error { return run(h, o) })
+	spec, err := workload.Named(o.workload, o.tokens)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "quality:", err)
+		os.Exit(2)
+	}
+	if o.contenders == "" {
+		o.contenders = defaultContenders[spec.Name]
+	}
+	if _, err := selectContenders(o, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "quality:", err)
+		os.Exit(2)
+	}
+	harness.Main("quality", o.keep, func(h *harness.Harness) error { return run(h, o, spec) })
 }
 
-func run(h *harness.Harness, o options) error {
+func run(h *harness.Harness, o options, spec workload.Spec) error {
 	bin, err := h.Gateway(o.bin)
 	if err != nil {
 		return err
 	}
-	sims := fleet(o.scale)
+	sims := fleet(spec, o.tokens, o.scale)
 	addrs, err := h.FreeAddrs(len(sims))
 	if err != nil {
 		return err
 	}
 	for i := range sims {
-		sims[i].addr = addrs[i]
+		sims[i].Addr = addrs[i]
 	}
-	capReqs := capacity(sims, o.tokens)
+	capReqs := simfleet.Capacity(sims, spec)
 	rate := o.load * capReqs
 
-	fmt.Printf("bench/quality: %d simulated backends in one Caddy, %d tokens per answer\n", len(sims), o.tokens)
-	for _, s := range sims {
-		fmt.Printf("  %s %-6s %2d slots, ttft %s, %s/token: %s per request, %.1f req/s\n", s.name, s.kind, s.slots,
-			s.ttft, s.perToken, s.service(o.tokens).Round(time.Millisecond), float64(s.slots)/s.service(o.tokens).Seconds())
-	}
-	fmt.Printf("capacity %.1f req/s; Poisson arrivals at %.0f%% = %.1f req/s; %d requests per contender (%.0f%% streaming) in %d rounds; seed %d\n",
-		capReqs, o.load*100, rate, o.requests, o.stream*100, o.rounds, o.seed)
-	fmt.Printf("%d CPUs, %s\n\n", runtime.NumCPU(), runtime.Version())
-
-	if _, err := h.StartCaddy("sims", bin, simsCaddyfile(sims, o.tokens), "caddyfile", addrs...); err != nil {
+	printHeader(o, spec, sims, capReqs, rate)
+	if _, err := h.StartCaddy("sims", bin, simfleet.Caddyfile(sims), "caddyfile", addrs...); err != nil {
 		return fmt.Errorf("starting the sims: %w", err)
 	}
 
-	contenders := defineContenders(o, sims)
+	contenders, err := selectContenders(o, sims)
+	if err != nil {
+		return err
+	}
 	for _, c := range contenders {
 		fmt.Printf("%-12s %s\n", c.name(), c.label)
 	}
 	fmt.Println()
+	var baselineBin string
+	var baselineErr error
 	for _, c := range contenders {
-		start(h, bin, c)
+		cbin := bin
+		if c.baseline {
+			if baselineBin == "" && baselineErr == nil {
+				baselineBin, baselineErr = h.GatewayAt(o.baselineRef)
+			}
+			if baselineErr != nil {
+				c.err = fmt.Errorf("cannot build the gateway at %s: %w", o.baselineRef, baselineErr)
+				fmt.Printf("%s NOT RUN: %v\n", c.name(), c.err)
+				continue
+			}
+			cbin = baselineBin
+		}
+		start(h, cbin, c)
 		if c.err != nil {
 			fmt.Printf("%s NOT RUN: %v\n", c.name(), c.err)
 		}
 	}
 
-	control := simControl{client: newClient()}
-	chunks := schedule(o.requests, o.rounds, rate, o.stream, o.seed)
+	control := simfleet.Control{Client: loadgen.NewClient()}
+	chunks := workload.Schedule(o.requests, o.rounds, rate, o.stream, o.seed, spec)
+	// The warm-up traffic is drawn from another seed, the same for every
+	// contender and round.
+	var warmup []workload.Arrival
+	if o.warmup > 0 {
+		warmup = trimAfter(workload.Arrivals(int(rate*o.warmup.Seconds()*1.5)+10, rate, o.stream, o.seed+1_000_003, spec), o.warmup)
+		fmt.Printf("before each contender's turn: %s (%d requests) of unmeasured warm-up, then the sims are reset\n\n", o.warmup, len(warmup))
+	}
 	for r, chunk := range chunks {
 		line := fmt.Sprintf("round %d/%d (%d requests):", r+1, len(chunks), len(chunk))
 		for i := range contenders {
@@ -151,22 +206,35 @@ func run(h *harness.Harness, o options) error {
 			if !c.available() {
 				continue
 			}
-			if err := control.reset(sims); err != nil {
+			client := loadgen.NewClient()
+			var header http.Header
+			if c.explain {
+				header = http.Header{explainRequestHeader: {"1"}}
+			}
+			if len(warmup) > 0 {
+				// Unmeasured: the router relearns what its window forgot
+				// while the others had their turns.
+				loadgen.OpenLoop(h.Context(), client, c.urls, header, warmup, time.Now(), o.timeout)
+				if _, err := control.Settle(sims); err != nil {
+					c.leaks = append(c.leaks, fmt.Sprintf("round %d warm-up: %v", r+1, err))
+				}
+			}
+			if err := control.Reset(sims); err != nil {
 				return err
 			}
-			client := newClient()
-			outs := openLoop(h.Context(), client, c.urls, chunk, o.timeout)
+			outs := loadgen.OpenLoop(h.Context(), client, c.urls, header, chunk, time.Now(), o.timeout)
 			client.CloseIdleConnections()
 			if h.Interrupted() {
 				return h.Context().Err()
 			}
 			c.outcomes = append(c.outcomes, outs...)
-			simStats, err := control.settle(sims)
+			simStats, err := control.Settle(sims)
 			if err != nil {
 				c.leaks = append(c.leaks, fmt.Sprintf("round %d: %v", r+1, err))
 			}
 			c.addSimStats(simStats)
 			p99, fails, full := roundSummary(outs, simStats)
+			c.roundP99s = append(c.roundP99s, p99)
 			line += fmt.Sprintf("  %s p99 %s", c.name(), report.Ms(p99))
 			if fails > 0 {
 				line += fmt.Sprintf(" %d failed", fails)
@@ -178,27 +246,67 @@ func run(h *harness.Harness, o options) error {
 		fmt.Println(line)
 	}
 	fmt.Println()
-	printReport(o, sims, contenders)
+	printReport(o, spec, sims, contenders)
 	return nil
 }
 
-// defineContenders lists the contenders the options ask for.
-func defineContenders(o options, sims []sim) []*contender {
-	stock := func(capped bool) func(string) (string, string) {
-		return func(listen string) (string, string) { return stockConfig(listen, sims, capped, o.maxWait), "" }
+func printHeader(o options, spec workload.Spec, sims []simfleet.Sim, capReqs, rate float64) {
+	fmt.Printf("bench/quality: workload %s, %d simulated backends in one Caddy\n", spec.Name, len(sims))
+	if spec.Prompt == nil {
+		fmt.Printf("  answers %d tokens (the sims' tokens), one short prompt\n", o.tokens)
+	} else {
+		fmt.Printf("  answers %s tokens (mean %.1f), sent as max_tokens; prompts %s tokens (mean %.1f); sims' tokens %d\n",
+			spec.Output, spec.Output.Mean(), spec.Prompt, spec.Prompt.Mean(), sims[0].Tokens)
 	}
-	ours := func(strategy, redis string) func(string) (string, string) {
-		return func(listen string) (string, string) {
-			return gatewayConfig(listen, sims, strategy, o.maxWait, redis), "caddyfile"
+	for _, s := range sims {
+		prefill := ""
+		if s.Prefill > 0 {
+			prefill = fmt.Sprintf(", prefill %s/prompt token", s.Prefill)
 		}
+		fmt.Printf("  %s %-6s %2d slots, ttft %s, %s/token%s: mean %s per request, %.1f req/s\n", s.Name, s.Kind, s.Slots,
+			s.TTFT, s.PerToken, prefill, s.MeanService(spec).Round(time.Millisecond), s.Rate(spec))
+	}
+	fmt.Printf("capacity %.1f req/s; Poisson arrivals at %.0f%% = %.1f req/s; %d requests per contender (%.0f%% streaming) in %d rounds; seed %d\n",
+		capReqs, o.load*100, rate, o.requests, o.stream*100, o.rounds, o.seed)
+	fmt.Printf("%d CPUs, %s\n\n", runtime.NumCPU(), runtime.Version())
+}
+
+// selectContenders lists the contenders -contenders and the other options
+// ask for; with sims nil it only checks the names.
+func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
+	stock := func(capped bool) func(string) (string, string) {
+		return func(listen string) (string, string) { return configs.Stock(listen, sims, capped, o.maxWait), "" }
+	}
+	ours := func(strategy, redis string, explain bool) func(string) (string, string) {
+		ro := configs.RouterOptions{Strategy: strategy, MaxWait: o.maxWait, Redis: redis}
+		if explain {
+			ro.ExplainHeader = explainRequestHeader
+		}
+		return func(listen string) (string, string) { return configs.Router(listen, sims, ro), "caddyfile" }
 	}
 	cappedLabel := fmt.Sprintf("least_conn, per-upstream max_requests = slots, lb_try_duration %s, lb_try_interval 10ms", o.maxWait)
 	oursLabel := fmt.Sprintf("max_inflight = slots, max_wait %s", o.maxWait)
-	cs := []*contender{
+	known := []*contender{
 		{key: "b", slug: "b", replicas: 1, label: "stock Caddy reverse_proxy, lb_policy least_conn", config: stock(false)},
 		{key: "b'", slug: "bcap", replicas: 1, label: "stock Caddy reverse_proxy, " + cappedLabel, config: stock(true)},
-		{key: "c", slug: "c", replicas: 1, label: "model_router strategy balanced, " + oursLabel, config: ours("balanced", "")},
-		{key: "c2", slug: "c2", replicas: 1, label: "model_router strategy least_load, " + oursLabel, config: ours("least_load", "")},
+		{key: "c0", slug: "c0", replicas: 1, baseline: true,
+			label:  fmt.Sprintf("model_router strategy balanced built from %s (before predictive routing), %s", o.baselineRef, oursLabel),
+			config: ours("balanced", "", false)}, // 0dfb174 has no explain_header
+		{key: "cf", slug: "cf", replicas: 1, label: "model_router strategy fastest, " + oursLabel, config: ours("fastest", "", o.explain), explain: o.explain},
+		{key: "c", slug: "c", replicas: 1, label: "model_router strategy balanced (default weights), " + oursLabel, config: ours("balanced", "", o.explain), explain: o.explain},
+		{key: "c2", slug: "c2", replicas: 1, label: "model_router strategy least_load, " + oursLabel, config: ours("least_load", "", o.explain), explain: o.explain},
+	}
+	var cs []*contender
+	for _, key := range strings.Split(o.contenders, ",") {
+		key = strings.TrimSpace(key)
+		i := slices.IndexFunc(known, func(c *contender) bool { return c.key == key })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown contender %q in -contenders: want some of b, b', c0, cf, c, c2", key)
+		}
+		if slices.Contains(cs, known[i]) {
+			return nil, fmt.Errorf("contender %q named twice in -contenders", key)
+		}
+		cs = append(cs, known[i])
 	}
 	n := o.replicas
 	if n > 1 {
@@ -213,9 +321,9 @@ func defineContenders(o options, sims []sim) []*contender {
 			label = fmt.Sprintf("%d model_router replicas sharing Redis %s (pool bench), balanced, %s", n, o.redis, oursLabel)
 		}
 		cs = append(cs, &contender{key: key, slug: fmt.Sprintf("c-redis-x%d", n), replicas: n, label: label,
-			config: ours("balanced", o.redis)})
+			config: ours("balanced", o.redis, false)})
 	}
-	return cs
+	return cs, nil
 }
 
 // start starts the contender's replicas; a failure is kept on the contender
@@ -259,9 +367,9 @@ func (c *contender) available() bool {
 	return true
 }
 
-func (c *contender) addSimStats(all []simStats) {
+func (c *contender) addSimStats(all []simfleet.Stats) {
 	if c.perSim == nil {
-		c.perSim = make([]simStats, len(all))
+		c.perSim = make([]simfleet.Stats, len(all))
 	}
 	for i, s := range all {
 		p := &c.perSim[i]
@@ -273,11 +381,11 @@ func (c *contender) addSimStats(all []simStats) {
 	}
 }
 
-func roundSummary(outs []outcome, sims []simStats) (p99 time.Duration, fails int, full int64) {
+func roundSummary(outs []loadgen.Outcome, sims []simfleet.Stats) (p99 time.Duration, fails int, full int64) {
 	var lat []time.Duration
 	for _, o := range outs {
-		if o.ok {
-			lat = append(lat, o.latency)
+		if o.OK {
+			lat = append(lat, o.Latency)
 		} else {
 			fails++
 		}
@@ -288,142 +396,12 @@ func roundSummary(outs []outcome, sims []simStats) (p99 time.Duration, fails int
 	return stats.Percentile(stats.Sorted(lat), 0.99), fails, full
 }
 
-// result is a contender's outcomes taken together.
-type result struct {
-	ok, failed    int
-	p50, p95, p99 time.Duration
-	ttftP99       time.Duration
-	reachedFull   int64
-	failures      map[string]int
-}
-
-func summarize(c *contender) result {
-	r := result{failures: map[string]int{}}
-	var lat, ttft []time.Duration
-	for _, o := range c.outcomes {
-		if !o.ok {
-			r.failed++
-			r.failures[o.failure]++
-			continue
-		}
-		r.ok++
-		lat = append(lat, o.latency)
-		if o.stream {
-			ttft = append(ttft, o.ttft)
+// trimAfter keeps the arrivals before end.
+func trimAfter(all []workload.Arrival, end time.Duration) []workload.Arrival {
+	for i, a := range all {
+		if a.Offset >= end {
+			return all[:i]
 		}
 	}
-	sorted := stats.Sorted(lat)
-	r.p50, r.p95, r.p99 = stats.Percentile(sorted, 0.50), stats.Percentile(sorted, 0.95), stats.Percentile(sorted, 0.99)
-	r.ttftP99 = stats.Percentile(stats.Sorted(ttft), 0.99)
-	for _, s := range c.perSim {
-		r.reachedFull += s.ReachedFull
-	}
-	return r
-}
-
-func printReport(o options, sims []sim, contenders []*contender) {
-	var names, slots []string
-	for _, s := range sims {
-		names = append(names, s.name)
-		slots = append(slots, strconv.Itoa(s.slots))
-	}
-	simCols := strings.Join(names, "/")
-	results := map[string]result{}
-	t := &report.Table{Left: 1}
-	t.Row("contender", "ok", "failed", "p50", "p95", "p99", "TTFT p99", "reached full", "requests "+simCols, "peak "+simCols)
-	for _, c := range contenders {
-		if len(c.outcomes) == 0 {
-			t.Row(c.name() + " not run")
-			continue
-		}
-		r := summarize(c)
-		results[c.key] = r
-		var reqs, peaks []string
-		for _, s := range c.perSim {
-			reqs = append(reqs, strconv.FormatInt(s.Requests, 10))
-			peaks = append(peaks, strconv.FormatInt(s.PeakConcurrent, 10))
-		}
-		t.Row(c.name(), strconv.Itoa(r.ok), strconv.Itoa(r.failed), report.Ms(r.p50), report.Ms(r.p95), report.Ms(r.p99),
-			report.Ms(r.ttftP99), strconv.FormatInt(r.reachedFull, 10), strings.Join(reqs, "/"), strings.Join(peaks, "/"))
-	}
-	t.Write(os.Stdout, "")
-	fmt.Printf("(latency from each request's scheduled arrival to its last byte, successful requests only; TTFT to the first SSE data line;\n"+
-		" reached full = requests that arrived at a sim while all its slots were busy; peak = most requests at a sim at once, slots %s)\n",
-		strings.Join(slots, "/"))
-
-	for _, c := range contenders {
-		r, ok := results[c.key]
-		if ok && r.failed > 0 {
-			fmt.Printf("%s failures: %s\n", c.name(), topFailures(r.failures, 3))
-		}
-		for _, l := range c.leaks {
-			fmt.Printf("%s ANOMALY: %s\n", c.name(), l)
-		}
-	}
-	var lags []time.Duration
-	for _, c := range contenders {
-		for _, out := range c.outcomes {
-			lags = append(lags, out.lag)
-		}
-	}
-	sortedLags := stats.Sorted(lags)
-	fmt.Printf("load generator sent late by p99 %s, max %s (large values: the machine was too busy to keep the schedule)\n",
-		report.Ms(stats.Percentile(sortedLags, 0.99)), report.Ms(stats.Percentile(sortedLags, 1)))
-
-	fmt.Println("\ntargets (issue 2: ours against the strongest stock setup (b'))")
-	stockP99 := results["b'"].p99
-	for _, key := range []string{"c", "c2"} {
-		r, ok := results[key]
-		if !ok {
-			fmt.Printf("  (%s) not run\n", key)
-			continue
-		}
-		ratio := stats.DurationRatio(r.p99, stockP99)
-		fmt.Printf("  %-5s p99 ÷ (b') p99 = %s ≤ %.2f  %s\n", "("+key+")", report.PreciseRatio(ratio), targetP99VsStock, report.AtMost(ratio, targetP99VsStock))
-		fmt.Printf("  %-5s reached a full backend = %d, want 0  %s\n", "("+key+")", r.reachedFull, report.Verdict(r.reachedFull == 0, true))
-		if r.failed > 0 {
-			fmt.Printf("  %-5s failed requests = %d, want 0  MISS\n", "("+key+")", r.failed)
-		}
-	}
-	for _, c := range contenders {
-		if !strings.HasPrefix(c.key, "c") || !strings.HasSuffix(c.key, "redis") {
-			continue
-		}
-		fmt.Printf("\ntargets (issue 3: %d replica(s) sharing Redis against our single replica (c))\n", c.replicas)
-		r, ok := results[c.key]
-		if !ok {
-			fmt.Printf("  %s not run: %v\n", c.name(), c.err)
-			continue
-		}
-		ratio := stats.DurationRatio(r.p99, results["c"].p99)
-		fmt.Printf("  %s reached a full backend = %d, want 0  %s\n", c.name(), r.reachedFull, report.Verdict(r.reachedFull == 0, true))
-		fmt.Printf("  %s p99 ÷ (c) p99 = %s ≤ %.2f  %s\n", c.name(), report.PreciseRatio(ratio), targetP99Replicated, report.AtMost(ratio, targetP99Replicated))
-		if r.failed > 0 {
-			fmt.Printf("  %s failed requests = %d, want 0  MISS\n", c.name(), r.failed)
-		}
-	}
-}
-
-// topFailures lists the commonest failure reasons with their counts.
-func topFailures(failures map[string]int, n int) string {
-	type reason struct {
-		text  string
-		count int
-	}
-	var rs []reason
-	for t, c := range failures {
-		rs = append(rs, reason{t, c})
-	}
-	sort.Slice(rs, func(i, j int) bool {
-		return rs[i].count > rs[j].count || (rs[i].count == rs[j].count && rs[i].text < rs[j].text)
-	})
-	var parts []string
-	for i, r := range rs {
-		if i == n {
-			parts = append(parts, fmt.Sprintf("and %d more kinds", len(rs)-n))
-			break
-		}
-		parts = append(parts, fmt.Sprintf("%d× %q", r.count, r.text))
-	}
-	return strings.Join(parts, "; ")
+	return all
 }

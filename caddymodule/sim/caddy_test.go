@@ -107,6 +107,9 @@ func TestInCaddy(t *testing.T) {
 		}
 	})
 
+	// A run-time slowdown survives the reload, over the new configuration.
+	setConfig(t, base, `{"slowdown":2}`)
+
 	before := stateFor(name).Snapshot()
 	runCaddy(t, storage, port, `	model_router_sim {
 		name `+name+`
@@ -138,4 +141,6 @@ func TestInCaddy(t *testing.T) {
 	if before.Requests != 3 || got["requests"] != float64(before.Requests+1) || got["served"] != 3.0 || got["failed"] != 1.0 {
 		t.Errorf("before reload %+v; after reload and one more request %v", before, got)
 	}
+	wantConfig(t, getConfig(t, base), "0s", "0s", "0s", 2, "slowdown")
+	wantConfig(t, setConfig(t, base, `{"reset":true}`), "0s", "0s", "0s", 1)
 }

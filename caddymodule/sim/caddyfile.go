@@ -29,6 +29,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    slots       <n>         # requests served concurrently; more wait in a FIFO queue (default 4)
 //	    ttft        <duration>  # time to first token; 0 for none (default 20ms)
 //	    per_token   <duration>  # time per further generated token; 0 for none (default 2ms)
+//	    prefill_per_token <duration>  # extra time to first token per prompt token (default 0)
 //	    tokens      <n>         # completion tokens; a request's max_tokens may lower it (default 16)
 //	    max_queue   <n>         # requests that may wait for a slot; beyond → 503; 0 for no queue (default 1000)
 //	    fail_status <status>    # optional: answer every /v1/ request with this status, 400-599 (fault injection)
@@ -80,7 +81,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("fail_status must be a status code between 400 and 599, got %q", val)
 			}
 			h.FailStatus = n
-		case "ttft", "per_token":
+		case "ttft", "per_token", "prefill_per_token":
 			dur, err := caddy.ParseDuration(val)
 			if err != nil {
 				return d.Errf("%s: bad duration %q: %v", opt, val, err)
@@ -89,10 +90,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%s must not be negative, got %s", opt, val)
 			}
 			cd := caddy.Duration(dur)
-			if opt == "ttft" {
+			switch opt {
+			case "ttft":
 				h.TTFT = &cd
-			} else {
+			case "per_token":
 				h.PerToken = &cd
+			default:
+				h.PrefillPerToken = &cd
 			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)

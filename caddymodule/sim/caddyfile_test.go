@@ -25,10 +25,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			slots 2
 			ttft 50ms
 			per_token 5ms
+			prefill_per_token 100us
 			tokens 16
 			max_queue 1000
 			fail_status 500
-		}`, `{"name":"fast","slots":2,"ttft":50000000,"per_token":5000000,"tokens":16,"max_queue":1000,"fail_status":500}`},
+		}`, `{"name":"fast","slots":2,"ttft":50000000,"per_token":5000000,"prefill_per_token":100000,"tokens":16,"max_queue":1000,"fail_status":500}`},
 		{"zero delays and no queue", `model_router_sim {
 			ttft 0
 			per_token 0s
@@ -72,6 +73,9 @@ func TestUnmarshalCaddyfileRejects(t *testing.T) {
 		"ttft fast",
 		"ttft -5ms",
 		"per_token 5",
+		"prefill_per_token -1us",
+		"prefill_per_token slow",
+		"prefill_per_token",
 		"max_queue -1",
 		"fail_status 200",
 		"fail_status 600",

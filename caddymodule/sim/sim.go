@@ -28,11 +28,15 @@ func init() {
 //	POST /sim/reset    zeroes the counters
 //	GET  /sim/fault    the armed fault
 //	POST /sim/fault    arms a fault: {"mode": "503", "count": 2} (see FaultRequest)
+//	GET  /sim/config   the timing in force (see Config)
+//	POST /sim/config   changes it at run time: {"slowdown": 3} (see ConfigRequest)
 //
 // and 404 for anything else: it is a terminal handler and never calls the
 // next one. Inference requests take one of Slots slots, waiting in a FIFO
-// queue while all are busy, and take TTFT to the first token and PerToken for
-// each further one; an embedding takes TTFT. The sim's answers, errors
+// queue while all are busy, and take TTFT (plus PrefillPerToken for each
+// prompt token) to the first token and PerToken for each further one; an
+// embedding takes the time to the first token. POST /sim/config changes these
+// delays for the requests that arrive after it. The sim's answers, errors
 // included, are what it is there to produce, so ServeHTTP writes them all
 // itself and returns nil rather than a caddyhttp.Error.
 type Handler struct {
@@ -55,6 +59,17 @@ type Handler struct {
 	// Default: 2ms.
 	PerToken *caddy.Duration `json:"per_token,omitempty"`
 
+	// PrefillPerToken is the extra time to the first token for each prompt
+	// token: the first token comes TTFT + promptTokens × PrefillPerToken
+	// after the request got its slot. The prompt's tokens are estimated as
+	// the bytes of its text ÷ 4, rounded up: the strings of "messages" (the
+	// "content" and "text" values), "prompt", "input" and "instructions",
+	// and 4 bytes per token id in token arrays (the same count the sim
+	// reports as usage.prompt_tokens). The router estimates from the bytes of
+	// the whole JSON values ÷ 4, so it counts a few more tokens for the JSON
+	// around the text. Default: 0 (the prompt does not matter).
+	PrefillPerToken *caddy.Duration `json:"prefill_per_token,omitempty"`
+
 	// Tokens is how many completion tokens are generated; a request's
 	// max_tokens (or max_completion_tokens, max_output_tokens) may lower it,
 	// never raise it. Default: 16.
@@ -70,10 +85,10 @@ type Handler struct {
 	// endpoints still work. Default: 0 (off).
 	FailStatus int `json:"fail_status,omitempty"`
 
-	ttft, perToken time.Duration
-	state          *simState
-	slots          *slotPool
-	logger         *zap.Logger
+	ttft, perToken, prefill time.Duration // as configured; see timing
+	state                   *simState
+	slots                   *slotPool
+	logger                  *zap.Logger
 
 	// wait sleeps for d or until ctx is done; tests replace it to control
 	// time. slowHeaders is the slow_headers fault's delay.
@@ -110,6 +125,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.ttft = durationOr(h.TTFT, defaultTTFT)
 	h.perToken = durationOr(h.PerToken, defaultPerToken)
+	h.prefill = durationOr(h.PrefillPerToken, 0)
 	if h.Tokens == 0 {
 		h.Tokens = defaultTokens
 	}
@@ -144,6 +160,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("ttft must not be negative, got %s", h.ttft)
 	case h.perToken < 0:
 		return fmt.Errorf("per_token must not be negative, got %s", h.perToken)
+	case h.prefill < 0:
+		return fmt.Errorf("prefill_per_token must not be negative, got %s", h.prefill)
 	case h.Tokens < 1:
 		return fmt.Errorf("tokens must be at least 1, got %d", h.Tokens)
 	case h.MaxQueue != nil && *h.MaxQueue < 0:
@@ -174,6 +192,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.serveReset(w, r)
 	case "/sim/fault":
 		h.serveFault(w, r)
+	case "/sim/config":
+		h.serveConfig(w, r)
 	default:
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s %s", r.Method, r.URL.Path), "")
 	}
@@ -221,6 +241,9 @@ func (h *Handler) serveInference(w http.ResponseWriter, r *http.Request, k kind)
 		return
 	}
 	ctx := r.Context()
+	// The request keeps the timing in force when it arrives, so a change
+	// with POST /sim/config applies to the requests that arrive after it.
+	tm := h.timing()
 	h.state.arrive()
 	l := &lease{state: h.state}
 	defer func() {
@@ -321,11 +344,11 @@ func (h *Handler) serveInference(w http.ResponseWriter, r *http.Request, k kind)
 
 	switch {
 	case k == kindEmbedding:
-		h.serveEmbeddings(w, r, l, req, brk)
+		h.serveEmbeddings(w, r, l, req, tm, brk)
 	case req.Stream:
-		h.serveStream(w, r, l, k, req, brk)
+		h.serveStream(w, r, l, k, req, tm, brk)
 	default:
-		h.serveCompletion(w, r, l, k, req, brk)
+		h.serveCompletion(w, r, l, k, req, tm, brk)
 	}
 }
 
@@ -358,11 +381,11 @@ func (h *Handler) breakAnswer(w http.ResponseWriter, r *http.Request, l *lease, 
 
 // serveCompletion answers a non-streaming chat, text or responses request
 // after the whole generation time.
-func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, brk midstreamBreak) {
+func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, tm timing, brk midstreamBreak) {
 	c := h.newCompletion(req, idPrefix(k))
-	d := h.ttft
+	d := tm.firstToken(c.promptTokens)
 	if brk == noBreak {
-		d += time.Duration(len(c.pieces)-1) * h.perToken
+		d += time.Duration(len(c.pieces)-1) * tm.nextToken()
 	}
 	if h.wait(r.Context(), d) != nil {
 		l.finish(outcomeCanceled)
@@ -387,9 +410,10 @@ func (h *Handler) serveCompletion(w http.ResponseWriter, r *http.Request, l *lea
 	writeJSON(w, http.StatusOK, answer)
 }
 
-// serveEmbeddings answers an embeddings request after TTFT.
-func (h *Handler) serveEmbeddings(w http.ResponseWriter, r *http.Request, l *lease, req *inferenceRequest, brk midstreamBreak) {
-	if h.wait(r.Context(), h.ttft) != nil {
+// serveEmbeddings answers an embeddings request after the time to the first
+// token of its input.
+func (h *Handler) serveEmbeddings(w http.ResponseWriter, r *http.Request, l *lease, req *inferenceRequest, tm timing, brk midstreamBreak) {
+	if h.wait(r.Context(), tm.firstToken(req.promptTokens())) != nil {
 		l.finish(outcomeCanceled)
 		return
 	}

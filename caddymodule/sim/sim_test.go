@@ -17,10 +17,10 @@ import (
 
 func TestProvisionDefaults(t *testing.T) {
 	h := provision(t, &Handler{})
-	if h.Slots != 4 || h.ttft != 20*time.Millisecond || h.perToken != 2*time.Millisecond ||
+	if h.Slots != 4 || h.ttft != 20*time.Millisecond || h.perToken != 2*time.Millisecond || h.prefill != 0 ||
 		h.Tokens != 16 || h.slots.maxQueue != 1000 || h.FailStatus != 0 {
-		t.Errorf("defaults: slots=%d ttft=%s per_token=%s tokens=%d max_queue=%d fail_status=%d",
-			h.Slots, h.ttft, h.perToken, h.Tokens, h.slots.maxQueue, h.FailStatus)
+		t.Errorf("defaults: slots=%d ttft=%s per_token=%s prefill_per_token=%s tokens=%d max_queue=%d fail_status=%d",
+			h.Slots, h.ttft, h.perToken, h.prefill, h.Tokens, h.slots.maxQueue, h.FailStatus)
 	}
 	var unnamed Handler
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
@@ -41,13 +41,14 @@ func TestValidateRejects(t *testing.T) {
 	neg := caddy.Duration(-time.Millisecond)
 	negQueue := -1
 	for name, h := range map[string]Handler{
-		"negative slots":     {Slots: -1},
-		"negative ttft":      {TTFT: &neg},
-		"negative per_token": {PerToken: &neg},
-		"negative tokens":    {Tokens: -2},
-		"negative max_queue": {MaxQueue: &negQueue},
-		"fail_status 200":    {FailStatus: 200},
-		"fail_status 600":    {FailStatus: 600},
+		"negative slots":             {Slots: -1},
+		"negative ttft":              {TTFT: &neg},
+		"negative per_token":         {PerToken: &neg},
+		"negative prefill_per_token": {PrefillPerToken: &neg},
+		"negative tokens":            {Tokens: -2},
+		"negative max_queue":         {MaxQueue: &negQueue},
+		"fail_status 200":            {FailStatus: 200},
+		"fail_status 600":            {FailStatus: 600},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h.Name = uniqueName(t)

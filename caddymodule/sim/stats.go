@@ -60,7 +60,10 @@ const (
 	outcomeCanceled
 )
 
-// simState is one sim name's counters and armed fault.
+// simState is one sim name's counters, armed fault and run-time timing
+// changes. Reset zeroes the counters only: the timing changes stay until a
+// POST /sim/config with "reset" (a benchmark resets counters between rounds
+// without undoing the slowdown it set).
 type simState struct {
 	name string
 
@@ -68,6 +71,7 @@ type simState struct {
 	stats      Stats
 	concurrent int64
 	fault      armedFault
+	timing     timingOverride
 }
 
 // Snapshot returns a copy of the counters.
@@ -79,7 +83,7 @@ func (s *simState) Snapshot() Stats {
 	return st
 }
 
-// Reset zeroes the counters. Requests still being handled keep their place
+// Reset zeroes the counters, and nothing else. Requests still being handled keep their place
 // in inflight and queued, and the peaks restart from those current values, so
 // the gauges never go negative when those requests finish.
 func (s *simState) Reset() {

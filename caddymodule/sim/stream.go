@@ -76,8 +76,9 @@ type streamFormat interface {
 }
 
 // serveStream answers a streaming chat, text or responses request: headers
-// at once, the first token after TTFT, each further token PerToken later.
-func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, brk midstreamBreak) {
+// at once, the first token after the time to first token (TTFT and prefill),
+// each further token PerToken later, all as tm says.
+func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, k kind, req *inferenceRequest, tm timing, brk midstreamBreak) {
 	c := h.newCompletion(req, idPrefix(k))
 	var format streamFormat
 	switch k {
@@ -101,9 +102,9 @@ func (h *Handler) serveStream(w http.ResponseWriter, r *http.Request, l *lease, 
 	}
 	abortAfter := min(len(c.pieces), abortAfterEvents)
 	for i := range c.pieces {
-		d := h.perToken
+		d := tm.nextToken()
 		if i == 0 {
-			d = h.ttft
+			d = tm.firstToken(c.promptTokens)
 		}
 		if h.wait(ctx, d) != nil {
 			l.finish(outcomeCanceled)

@@ -66,3 +66,47 @@ func moduleRoot() (string, error) {
 	}
 	return filepath.Dir(gomod), nil
 }
+
+// GatewayAt builds ./cmd/modelrouter as of the git commit ref of the
+// enclosing repository, for a contender that runs an older gateway: it checks
+// ref out in a temporary `git worktree` inside the harness directory, builds
+// there, and removes the worktree again (whether or not the build worked).
+func (h *Harness) GatewayAt(ref string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	git := func(args ...string) ([]byte, error) {
+		cmd := exec.Command("git", append([]string{"-C", root}, args...)...)
+		return cmd.CombinedOutput()
+	}
+	out, err := git("rev-parse", "--verify", "--short", ref+"^{commit}")
+	if err != nil {
+		return "", fmt.Errorf("git rev-parse %s: %w: %s", ref, err, bytes.TrimSpace(out))
+	}
+	commit := string(bytes.TrimSpace(out))
+	src := filepath.Join(h.Dir, "src-"+commit)
+	if out, err := git("worktree", "add", "--detach", src, commit); err != nil {
+		return "", fmt.Errorf("git worktree add %s: %w: %s", commit, err, bytes.TrimSpace(out))
+	}
+	defer func() {
+		if out, err := git("worktree", "remove", "--force", src); err != nil {
+			fmt.Fprintf(os.Stderr, "git worktree remove %s: %v: %s\n", src, err, bytes.TrimSpace(out))
+			_ = os.RemoveAll(src)
+			_, _ = git("worktree", "prune")
+		}
+	}()
+	bin := filepath.Join(h.Dir, "modelrouter-"+commit)
+	start := time.Now()
+	fmt.Fprintf(os.Stderr, "building ./cmd/modelrouter at %s ...", commit)
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/modelrouter")
+	cmd.Dir = src
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr)
+		return "", fmt.Errorf("go build ./cmd/modelrouter at %s: %w\n%s", commit, err, buf.Bytes())
+	}
+	fmt.Fprintf(os.Stderr, " done in %.1fs\n", time.Since(start).Seconds())
+	return bin, nil
+}

@@ -1,37 +1,31 @@
-package main
+// Package configs writes the contenders' Caddy configs: stock Caddy's
+// reverse_proxy over the sims, and model_router over them.
+package configs
 
 import (
 	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/modelrouter/modelrouter/bench/internal/simfleet"
 )
 
-// globalOptions keeps every Caddy on loopback, without an admin endpoint and
-// without writing an autosaved config.
-const globalOptions = `{
-	admin off
-	persist_config off
-	auto_https off
-	default_bind 127.0.0.1
-}
-`
-
-// stockConfig is stock Caddy's reverse_proxy with least_conn over the sims,
+// Stock is stock Caddy's reverse_proxy with least_conn over the sims,
 // as JSON: the Caddyfile has only a handler-wide max_requests (passive health
 // unhealthy_request_count), while upstreams in JSON each take their own. With
 // capped, each upstream gets max_requests = its sim's slots, and a request
 // finding them all full retries every 10ms for up to tryDuration.
-func stockConfig(listen string, sims []sim, capped bool, tryDuration time.Duration) string {
+func Stock(listen string, sims []simfleet.Sim, capped bool, tryDuration time.Duration) string {
 	type upstream struct {
 		Dial        string `json:"dial"`
 		MaxRequests int    `json:"max_requests,omitempty"`
 	}
 	ups := make([]upstream, len(sims))
 	for i, s := range sims {
-		ups[i] = upstream{Dial: s.addr}
+		ups[i] = upstream{Dial: s.Addr}
 		if capped {
-			ups[i].MaxRequests = s.slots
+			ups[i].MaxRequests = s.Slots
 		}
 	}
 	lb := map[string]any{"selection_policy": map[string]string{"policy": "least_conn"}}
@@ -58,19 +52,34 @@ func stockConfig(listen string, sims []sim, capped bool, tryDuration time.Durati
 	return string(data)
 }
 
-// gatewayConfig is model_router over the sims, every backend serving the same
+// RouterOptions are the model_router settings a benchmark varies.
+type RouterOptions struct {
+	Strategy string
+	MaxWait  time.Duration
+	// Redis, if set, is a host:port: the router shares its state in pool
+	// "bench" on that Redis.
+	Redis string
+	// ExplainHeader, if set, is the router's explain_header: requests that
+	// carry it get the decision explained in a response header.
+	ExplainHeader string
+}
+
+// Router is model_router over the sims, every backend serving the same
 // model with the same capability, so only load and latency tell them apart.
-// With redis set, the router shares its state in pool "bench" on that Redis.
-func gatewayConfig(listen string, sims []sim, strategy string, maxWait time.Duration, redis string) string {
+// Backends get no speed hints: the router learns them.
+func Router(listen string, sims []simfleet.Sim, o RouterOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\nhttp://%s {\n\tmodel_router {\n\t\tstrategy %s\n\t\tmax_wait %s\n\t\tmax_queue 10000\n",
-		globalOptions, listen, strategy, maxWait)
-	if redis != "" {
-		fmt.Fprintf(&b, "\t\tpool bench\n\t\tredis redis://%s/0\n", redis)
+		simfleet.GlobalOptions, listen, o.Strategy, o.MaxWait)
+	if o.Redis != "" {
+		fmt.Fprintf(&b, "\t\tpool bench\n\t\tredis redis://%s/0\n", o.Redis)
+	}
+	if o.ExplainHeader != "" {
+		fmt.Fprintf(&b, "\t\texplain_header %s\n", o.ExplainHeader)
 	}
 	for _, s := range sims {
 		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight %d\n\t\t}\n",
-			s.name, s.addr, s.slots)
+			s.Name, s.Addr, s.Slots)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
