@@ -59,6 +59,8 @@ type routing struct {
 	// class is the request's priority class (index into the priorities,
 	// 0 the highest).
 	class int
+	// waiter is the request in admission, while it is.
+	waiter *loadstate.Waiter
 }
 
 // lease is a held slot; release is idempotent.
@@ -124,6 +126,18 @@ func (l *lease) keepAlive() {
 	l.renew, l.done = timer, done
 }
 
+// waiting is how many requests wait for backend i ahead of this one: while
+// it waits itself, those ahead of it in line (not itself nor those behind);
+// otherwise all of them (it would join at the back).
+func (rt *routing) waiting(i int) int {
+	if rt.waiter != nil {
+		if n, queued := rt.waiter.Ahead(i); queued {
+			return n
+		}
+	}
+	return rt.h.admission.WaitingFor(i)
+}
+
 // loadPool fills the pool with the backends' live state.
 func (rt *routing) loadPool() {
 	h := rt.h
@@ -157,7 +171,7 @@ func (rt *routing) loadPool() {
 			CoolingDown:    a == engine.Unavailable,
 			Draining:       backends.drained[i],
 			Perf:           bl.perf[b.UpstreamModel(rt.req.Model)],
-			Waiting:        h.admission.WaitingFor(i),
+			Waiting:        rt.waiting(i),
 			Feedback:       bl.feedback,
 		}
 		probe[i] = a == engine.ProbeAvailable
@@ -236,6 +250,8 @@ func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
 	w := &loadstate.Waiter{ID: rt.id, Class: rt.class, Shed: h.shed[rt.class], Plan: rt.plan, Slots: rt.slots, Settle: rt.settle,
 		Want: rt.want, Index: h.backendIndex}
+	rt.waiter = w
+	defer func() { rt.waiter = nil }()
 	b, waited, err := h.admission.Admit(rt.ctx, w, time.Duration(h.MaxWait))
 	rt.wait = waited
 	var apiErr *apiError

@@ -3,6 +3,7 @@ package loadstate
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -90,6 +91,25 @@ type Waiter struct {
 	// (see FleetQueue). Without them the request queues locally.
 	Want  func(backends []int) []Slot
 	Index func(name string) int
+
+	// Where the request waits, set by Admission while it does (see Ahead).
+	adm    *Admission
+	ticket *Ticket
+	fleetW *fleetWait
+}
+
+// Ahead is, while the request waits, how many of this replica's waiting
+// requests that can use backend i are ahead of it in line (queued reports
+// true); a re-ranking counts those, not itself or those behind it, in its
+// predicted wait for a slot. Not waiting, it reports (0, false).
+func (w *Waiter) Ahead(i int) (n int, queued bool) {
+	switch {
+	case w.ticket != nil:
+		return w.adm.Queue.Ahead(w.ticket, i), true
+	case w.fleetW != nil:
+		return w.adm.fleet.ahead(w.fleetW, i), true
+	}
+	return 0, false
 }
 
 // Admission admits requests to backend slots: it asks the store for a slot
@@ -205,6 +225,20 @@ func (f *fleetWaiters) waitingFor(i int) int {
 		return 0
 	}
 	return int(f.per[i].Load())
+}
+
+// ahead counts the waiters that can use backend i and arrived before fw,
+// of its class or a higher one.
+func (f *fleetWaiters) ahead(fw *fleetWait, i int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for o := range f.set {
+		if o != fw && o.class <= fw.class && o.arrived.Before(fw.arrived) && slices.Contains(o.wants, i) {
+			n++
+		}
+	}
+	return n
 }
 
 func (f *fleetWaiters) oldest(now time.Time) time.Duration {
@@ -334,7 +368,9 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 		a.Entered()
 	}
 	a.Queue.SetScores(ticket, plan.Scores)
+	w.adm, w.ticket = a, ticket
 	defer func() {
+		w.ticket = nil
 		a.Queue.Leave(ticket)
 		waited = a.Clock.Now().Sub(start)
 		if a.Left != nil {
@@ -418,6 +454,7 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 	}
 	var queued *fleetWait
 	defer func() {
+		w.fleetW = nil
 		if queued != nil {
 			a.fleet.leave(queued)
 			waited = a.Clock.Now().Sub(start)
@@ -462,6 +499,7 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 		}
 		if queued == nil {
 			queued = a.fleet.enter(start, w.Class, plan.Wants)
+			w.adm, w.fleetW = a, queued
 			if a.Entered != nil {
 				a.Entered()
 			}

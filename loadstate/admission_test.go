@@ -467,3 +467,61 @@ func TestWaitQueueBatchWindow(t *testing.T) {
 		t.Fatalf("%d timers after a new release, want 2", len(timers))
 	}
 }
+
+// TestAdmissionReplanCountsOnlyWaitersAhead: a waiting request that ranks
+// itself again sees, through Waiter.Ahead, the waiters ahead of it in line,
+// not itself and not those that came after (its predicted wait for a slot
+// would otherwise grow with its own place in line and with newcomers, and a
+// request waiting for a better backend would give up on it for nothing).
+func TestAdmissionReplanCountsOnlyWaitersAhead(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1, 1)
+	for _, id := range []string{"h0", "h1"} {
+		<-e.admit(context.Background(), e.waiter(id, 0, 1), time.Second)
+	}
+	type seen struct {
+		ahead  int
+		queued bool
+	}
+	var mu sync.Mutex
+	saw := map[string][]seen{}
+	waiter := func(id string) *Waiter {
+		w := e.waiter(id, 0)
+		plan := w.Plan
+		w.Plan = func(woken, settled bool) (Plan, error) {
+			n, q := w.Ahead(0)
+			mu.Lock()
+			saw[id] = append(saw[id], seen{n, q})
+			mu.Unlock()
+			p, err := plan(woken, settled)
+			p.Patience = time.Hour // ranks itself again once queued
+			return p, err
+		}
+		return w
+	}
+	var dones []chan admitted
+	for i, id := range []string{"w0", "w1", "w2"} {
+		dones = append(dones, e.admit(context.Background(), waiter(id), time.Hour))
+		e.queued(i + 1)
+	}
+	mu.Lock()
+	for i, id := range []string{"w0", "w1", "w2"} {
+		got := saw[id]
+		// Before joining: not queued. Then its re-rank in line: i ahead.
+		if len(got) != 2 || got[0].queued || !got[1].queued || got[1].ahead != i {
+			t.Errorf("%s saw %+v, want not queued, then %d ahead", id, got, i)
+		}
+	}
+	mu.Unlock()
+	e.release("h0", 0)
+	if r := <-dones[0]; r.backend != 0 {
+		t.Fatalf("w0: %+v", r)
+	}
+	if n, q := (&Waiter{}).Ahead(0); n != 0 || q {
+		t.Fatalf("a waiter not in line: %d, %v", n, q)
+	}
+	e.release("h1", 1)
+	e.release("w0", 0)
+	<-dones[1]
+	e.release("w1", 0)
+	<-dones[2]
+}

@@ -495,6 +495,22 @@ func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
 
+// Ahead counts the waiters ahead of t in line that can use backend i.
+func (q *WaitQueue) Ahead(t *Ticket, i int) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !t.queued {
+		return 0
+	}
+	n := 0
+	for o := q.head; o != nil && o != t; o = o.next {
+		if o.wants.Has(i) {
+			n++
+		}
+	}
+	return n
+}
+
 // each calls fn with every waiter's class and arrival, under the queue's
 // lock.
 func (q *WaitQueue) each(fn func(class int, arrived time.Time)) {
