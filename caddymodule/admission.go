@@ -61,6 +61,12 @@ type routing struct {
 	class int
 	// waiter is the request in admission, while it is.
 	waiter *loadstate.Waiter
+	// retrying: the request is moving to another backend after a failed
+	// attempt (it does not queue again).
+	retrying bool
+	// patience is how long it was first willing to wait for a better
+	// backend (for the explanation); 0 when it did not.
+	firstPatience time.Duration
 }
 
 // lease is a held slot; release is idempotent.
@@ -128,8 +134,11 @@ func (l *lease) keepAlive() {
 
 // waiting is how many requests wait for backend i ahead of this one: while
 // it waits itself, those ahead of it in line (not itself nor those behind);
-// otherwise all of them (it would join at the back).
+// for a retry none; otherwise all of them (it would join at the back).
 func (rt *routing) waiting(i int) int {
+	if rt.retrying {
+		return 0 // a retry has been through the line: it goes ahead
+	}
 	if rt.waiter != nil {
 		if n, queued := rt.waiter.Ahead(i); queued {
 			return n
@@ -290,16 +299,20 @@ func (rt *routing) plan(woken, settled bool) (loadstate.Plan, error) {
 		return loadstate.Plan{}, apiErr
 	}
 	var p loadstate.Plan
+	worth := 0 // the leading candidates worth waiting for
 	if !settled {
-		p.Patience = rt.patience(ranked)
+		worth, p.Patience = engine.WorthWaiting(&rt.req, ranked)
+		if rt.firstPatience == 0 {
+			rt.firstPatience = p.Patience
+		}
 	}
 	better := p.Patience > 0
-	p.Wants = rt.wants(ranked, better)
+	p.Wants = rt.wants(ranked[:worth], better)
 	switch {
 	case better && woken:
 		// A release on a backend worth waiting for: the store checks
 		// them, whatever the view says.
-		ranked = ranked[:leadingFull(ranked)]
+		ranked = ranked[:worth]
 	case better:
 		ranked = nil // they are full as far as this replica knows
 	case woken:
@@ -396,16 +409,6 @@ func (rt *routing) settle(chosen int) {
 	rt.sc.claimed = rt.sc.claimed[:0]
 }
 
-// leadingFull is how many full backends lead the ranking: those the request
-// is predicted to finish sooner on by waiting for them.
-func leadingFull(ranked []engine.Candidate) int {
-	n := 0
-	for n < len(ranked) && ranked[n].Full {
-		n++
-	}
-	return n
-}
-
 // withoutFull drops the full candidates from a ranking, in place.
 func withoutFull(ranked []engine.Candidate) []engine.Candidate {
 	out := ranked[:0]
@@ -417,27 +420,13 @@ func withoutFull(ranked []engine.Candidate) []engine.Candidate {
 	return out
 }
 
-// patience is how long the request may wait for the full backends that lead
-// its ranking: their predicted wait plus half the predicted gain over the
-// best backend with room; 0 when the ranking does not lead with a full one.
-func (rt *routing) patience(ranked []engine.Candidate) time.Duration {
-	n := leadingFull(ranked)
-	if n == 0 || n == len(ranked) {
-		return 0
-	}
-	best, free := ranked[0].Predicted, ranked[n].Predicted
-	gain := free.Cost(rt.req.Stream) - best.Cost(rt.req.Stream)
-	return max(best.Wait+gain/2, time.Millisecond)
-}
-
 // wants is the set of backends a waiting request can use: those worth
-// waiting for (the full ones leading the ranking) when better is set, else
-// every eligible backend.
-func (rt *routing) wants(ranked []engine.Candidate, better bool) loadstate.BackendSet {
+// waiting for when better is set, else every eligible backend.
+func (rt *routing) wants(worth []engine.Candidate, better bool) loadstate.BackendSet {
 	h := rt.h
 	set := loadstate.NewBackendSet(len(h.backends))
 	if better {
-		for _, c := range ranked[:leadingFull(ranked)] {
+		for _, c := range worth {
 			set.Add(c.Index)
 		}
 		return set

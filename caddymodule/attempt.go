@@ -90,6 +90,7 @@ func (rt *routing) retry(failed int) int {
 		rt.tried = loadstate.NewBackendSet(len(h.backends))
 	}
 	rt.tried.Add(failed)
+	rt.retrying = true
 	rt.lease.release()
 	h.bmetrics[failed].retries.Inc()
 	rt.loadPool()

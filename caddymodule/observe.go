@@ -116,8 +116,9 @@ func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attempt
 // explanation describes the decision that sent the request to backend: the
 // strategy, then every candidate it ranked, best first, with its score, its
 // load and the request's predicted wait, time to first token and completion
-// on it ("full" marks a backend the request waited for). Never request
-// content; backend names come from configuration.
+// on it ("full" marks a backend the request waited for); how long it waited
+// and, when it waited for a better backend, how long it was willing to.
+// Never request content; backend names come from configuration.
 //
 //	strategy=balanced chosen=fast; fast score=0.812 inflight=1/2 wait=0s ttft=45ms total=320ms; big score=0.7 ...
 func (rt *routing) explanation(backend int) string {
@@ -129,6 +130,12 @@ func (rt *routing) explanation(backend int) string {
 	b.WriteString(h.backends[backend].Name)
 	if rt.alone {
 		b.WriteString(" probe=1")
+	}
+	if rt.wait > 0 {
+		fmt.Fprintf(&b, " waited=%s", rt.wait.Round(time.Millisecond))
+	}
+	if rt.firstPatience > 0 {
+		fmt.Fprintf(&b, " patience=%s", rt.firstPatience.Round(time.Millisecond))
 	}
 	for _, c := range rt.decision {
 		l := &rt.pool.Loads[c.Index]

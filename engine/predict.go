@@ -92,10 +92,11 @@ func (r *Request) OutputTokens() int {
 // l. A backend whose Perf is unknown is predicted with fallback (the pool's
 // average, see PoolPerf); with neither, Predict returns zeros.
 //
-// The expected wait for a slot on a full backend follows from its service
-// rate: it frees a slot about every MeanService ÷ MaxInflight, and the
-// request is behind every request in flight over capacity and every request
-// already waiting for it:
+// The expected wait for a slot on a full backend (or one whose free slots
+// requests waiting ahead are due) follows from its service rate: it frees a
+// slot about every MeanService ÷ MaxInflight, and the request is behind
+// every request in flight over capacity and every request waiting ahead of
+// it (at least one release):
 //
 //	wait = (Inflight − MaxInflight + Waiting + 1) × MeanService ÷ MaxInflight
 //
@@ -112,7 +113,10 @@ func Predict(req *Request, b *Backend, l *Load, fallback *Perf) Prediction {
 	service := perf.Service(req.PromptTokens, req.OutputTokens())
 	var wait time.Duration
 	if b.MaxInflight > 0 && !l.Fits(b, req) {
-		ahead := max(l.Inflight-b.MaxInflight, 0) + max(l.Waiting, 0) + 1
+		// Releases it needs: one for each request in flight over capacity
+		// and each waiting ahead of it, plus its own (at least one: a free
+		// slot a waiter is due is not this request's).
+		ahead := max(l.Inflight-b.MaxInflight+max(l.Waiting, 0)+1, 1)
 		pace := l.Perf.MeanService
 		if pace <= 0 {
 			pace = service

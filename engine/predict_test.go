@@ -39,6 +39,20 @@ func TestPredict(t *testing.T) {
 			want: Prediction{Wait: 150 * ms, TTFT: 170 * ms, Total: 170 * ms},
 		},
 		{
+			name: "a free slot a waiter ahead is due is not room",
+			req:  Request{MaxTokens: 1},
+			b:    Backend{MaxInflight: 4}, l: Load{Inflight: 3, Waiting: 1, Perf: fastPerf},
+			// the waiter takes the free slot; this request needs 1 more
+			// release: 1 × 300ms ÷ 4 = 75ms
+			want: Prediction{Wait: 75 * ms, TTFT: 95 * ms, Total: 95 * ms},
+		},
+		{
+			name: "free slots beyond the waiters ahead are room",
+			req:  Request{MaxTokens: 1},
+			b:    Backend{MaxInflight: 4}, l: Load{Inflight: 2, Waiting: 1, Perf: fastPerf},
+			want: Prediction{TTFT: 20 * ms, Total: 20 * ms},
+		},
+		{
 			name: "full over capacity (a reload lowered it) counts the excess",
 			req:  Request{MaxTokens: 1},
 			b:    Backend{MaxInflight: 2}, l: Load{Inflight: 3, Perf: fastPerf},
@@ -195,7 +209,8 @@ func TestPredictiveRanking(t *testing.T) {
 		// ... but not for a long one.
 		{"long request waits even behind a line", long, 2, 4, 0, []int{0, 1}, []bool{true, false}, nil},
 		// Everything full: nothing ranked, the caller waits for any.
-		{"all full", long, 2, 0, 8, []int{}, []bool{}, nil},
+		// All full: both ranked, both Full (WorthWaiting says which to wait for).
+		{"all full", long, 2, 0, 8, []int{0, 1}, []bool{true, true}, nil},
 		// Streams weigh the first token: the long stream still prefers the
 		// fast backend when it has room.
 		{"long stream, both free", longStream, 1, 0, 0, []int{0, 1}, []bool{false, false}, nil},
@@ -457,4 +472,55 @@ func TestOptimalScores(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { s.AssignScores(&req, p, out, make([]Candidate, 0, 3)) }); n > 1 && !raceEnabled {
 		t.Errorf("%v allocations", n)
 	}
+}
+
+// TestWorthWaiting: which Full candidates a request waits for, and how long.
+func TestWorthWaiting(t *testing.T) {
+	pred := func(wait, total time.Duration) Prediction { return Prediction{Wait: wait, TTFT: wait, Total: total} }
+	full := func(i int, wait, total time.Duration) Candidate {
+		return Candidate{Index: i, Full: true, Predicted: pred(wait, total)}
+	}
+	room := func(i int, total time.Duration) Candidate { return Candidate{Index: i, Predicted: pred(0, total)} }
+	req := &Request{}
+	const s = time.Second
+	tests := []struct {
+		name         string
+		ranked       []Candidate
+		wantIdx      []int // the wanted candidates, in order
+		wantN        int
+		wantPatience time.Duration
+	}{
+		{"none full", []Candidate{room(0, 1*s), room(1, 2*s)}, nil, 0, 0},
+		{"a full one leads one with room", []Candidate{full(0, 300*ms, 1*s), room(1, 3*s)}, []int{0}, 1, 300*ms + 1*s},
+		// All full: A (soonest, 1s) and C (within 1/0.9 of it) are waited
+		// for; B (3s) is not; patience = A's wait + (3s − 1s)/2.
+		{"all full: the soonest and those near it", []Candidate{full(0, 400*ms, 1*s), full(1, 100*ms, 3*s), full(2, 200*ms, 1050*ms)},
+			[]int{0, 2}, 2, 200*ms + 1*s},
+		// The strategy ranked B (slower) above A: both kept, in rank order.
+		{"all full: ranked above the soonest", []Candidate{full(1, 100*ms, 2*s), full(0, 400*ms, 1*s), full(2, 100*ms, 4*s)},
+			[]int{1, 0}, 2, 100*ms + 1500*ms},
+		{"all full, all alike: any", []Candidate{full(0, 100*ms, 1*s), full(1, 100*ms, 1050*ms)}, nil, 0, 0},
+		{"all full, nothing predicted: any", []Candidate{{Index: 0, Full: true}, {Index: 1, Full: true}}, nil, 0, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ranked := append([]Candidate(nil), tt.ranked...)
+			n, patience := WorthWaiting(req, ranked)
+			if n != tt.wantN || patience != tt.wantPatience {
+				t.Fatalf("WorthWaiting = %d, %v; want %d, %v", n, patience, tt.wantN, tt.wantPatience)
+			}
+			if tt.wantIdx != nil && !slices.Equal(indexes(ranked[:n]), tt.wantIdx) {
+				t.Fatalf("waits for %v, want %v", indexes(ranked[:n]), tt.wantIdx)
+			}
+			if !slices.Equal(sortedIdx(ranked), sortedIdx(tt.ranked)) {
+				t.Fatalf("candidates changed: %v from %v", indexes(ranked), indexes(tt.ranked))
+			}
+		})
+	}
+}
+
+func sortedIdx(c []Candidate) []int {
+	out := indexes(c)
+	slices.Sort(out)
+	return out
 }

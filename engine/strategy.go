@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"sync/atomic"
+	"time"
 )
 
 // Strategy names accepted by NewStrategy.
@@ -283,7 +284,9 @@ func (s *Strategy) Name() string { return s.name }
 // token limit, room for the request's token cost: see Load.Fits),
 // best first, and returns them, plus `eligible`: how many backends pass every filter ignoring room.
 // eligible == 0 means "no backend can serve this" (the caller answers 503 no healthy backend);
-// len(ranked)==0 && eligible>0 means "all full, wait".
+// len(ranked)==0 && eligible>0 means "all full, wait"; a predictive
+// strategy then returns every eligible backend instead, all marked Full, in
+// its order (see WorthWaiting for which to wait for).
 //
 // A predictive strategy (balanced, fastest) may put first one or more
 // candidates marked Full: backends without room that the request is
@@ -313,7 +316,7 @@ func (s *Strategy) Rank(req *Request, p *Pool, out []Candidate) (ranked []Candid
 			out = append(out, Candidate{Index: i, Full: !room})
 		}
 	}
-	if free == 0 {
+	if free == 0 && !s.predictive {
 		// Everything full: the caller waits for whichever frees first.
 		return out[:0], eligible
 	}
@@ -327,10 +330,75 @@ func (s *Strategy) Rank(req *Request, p *Pool, out []Candidate) (ranked []Candid
 	s.score(req, p, out)
 	s.order.order(req, p, out, s.turn.Add(1)-1)
 	if s.predictive {
+		if free == 0 {
+			return out, eligible // every candidate Full: see WorthWaiting
+		}
 		out = s.keepWorthWaiting(req, out)
 		s.exploreFirst(p, out)
 	}
 	return out, eligible
+}
+
+// WorthWaiting is how many of a ranking's leading candidates, all Full, the
+// request should wait for, and for how long at most (its patience) before it
+// takes any backend; (0, 0) when it should take or wait for any.
+//
+// With a backend with room in the ranking, the Full ones leading it are
+// those Rank kept (predicted to finish at least 10% sooner, waits included),
+// and the patience is their predicted wait plus half the predicted gain
+// over the best backend with room. When every candidate is Full (a
+// predictive Rank returns them all, ranked), the request waits for those
+// predicted to finish within waitGain of the soonest (waits included), and
+// any that the strategy ranks above the soonest; they are moved to the
+// front, in rank order, and the patience is the shortest predicted wait
+// among them plus half the predicted gain over the soonest of the others.
+// Waiting for whichever backend frees first would put long requests on a
+// slow backend that happens to free first.
+func WorthWaiting(req *Request, ranked []Candidate) (n int, patience time.Duration) {
+	for n < len(ranked) && ranked[n].Full {
+		n++
+	}
+	if n == 0 {
+		return 0, 0
+	}
+	cost := func(c *Candidate) time.Duration { return c.Predicted.Cost(req.Stream) }
+	if n < len(ranked) {
+		gain := cost(&ranked[n]) - cost(&ranked[0])
+		return n, max(ranked[0].Predicted.Wait+gain/2, time.Millisecond)
+	}
+	// All full.
+	soonest := -1
+	for k := range ranked {
+		if c := cost(&ranked[k]); c > 0 && (soonest < 0 || c < cost(&ranked[soonest])) {
+			soonest = k
+		}
+	}
+	if soonest < 0 {
+		return 0, 0 // nothing predicted
+	}
+	least := cost(&ranked[soonest])
+	bound := time.Duration(float64(least) / waitGain)
+	// Partition: the wanted ones first, in rank order (each is swapped
+	// down past others already seen, which keeps their order).
+	n = 0
+	for k := range ranked {
+		if k <= soonest || cost(&ranked[k]) <= bound {
+			ranked[n], ranked[k] = ranked[k], ranked[n]
+			n++
+		}
+	}
+	if n == len(ranked) {
+		return 0, 0
+	}
+	wait, other := ranked[0].Predicted.Wait, time.Duration(0)
+	for k := range ranked {
+		if k < n {
+			wait = min(wait, ranked[k].Predicted.Wait)
+		} else if c := cost(&ranked[k]); other == 0 || c < other {
+			other = c
+		}
+	}
+	return n, max(wait+(other-least)/2, time.Millisecond)
 }
 
 // keepWorthWaiting drops the full candidates a request should not wait for:
@@ -388,6 +456,10 @@ func (s *Strategy) exploreFirst(p *Pool, cands []Candidate) {
 	copy(cands[1:pick+1], cands[:pick])
 	cands[0] = c
 }
+
+// Predictive reports whether the strategy predicts each candidate's
+// timeline and may rank Full candidates (see Rank and WorthWaiting).
+func (s *Strategy) Predictive() bool { return s.predictive }
 
 // Assigns reports whether waiting requests should get freed slots by the
 // optimal assignment of AssignScores (the optimal strategy) rather than first

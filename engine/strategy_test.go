@@ -233,6 +233,16 @@ func TestRankOutcomes(t *testing.T) {
 			t.Run(name+"/"+tt.name, func(t *testing.T) {
 				s := mustStrategy(t, name, rand.New(rand.NewSource(1)))
 				got, eligible := s.Rank(&tt.req, mkPool(tt.nodes...), nil)
+				if s.Predictive() && tt.wantRanked == 0 && eligible > 0 {
+					// A predictive strategy ranks every backend when all
+					// are full, each marked Full.
+					for _, c := range got {
+						if !c.Full {
+							t.Fatalf("all full: %+v not marked Full", c)
+						}
+					}
+					got = withoutFullCands(got)
+				}
 				if len(got) != tt.wantRanked || eligible != tt.wantEligible {
 					t.Fatalf("Rank = %v, eligible %d; want %d ranked, eligible %d", got, eligible, tt.wantRanked, tt.wantEligible)
 				}
@@ -485,6 +495,21 @@ func TestNeverPicksFull(t *testing.T) {
 				p, req := randomPool(rnd, rnd.Intn(25)), randomRequest(rnd)
 				var eligible int
 				out, eligible = s.Rank(req, p, out)
+				// Full candidates (predictive strategies: backends worth
+				// waiting for, or every one when all are full) must be
+				// eligible, without room, each once, and lead the ranking.
+				nFull := 0
+				for k, c := range out {
+					if !c.Full {
+						continue
+					}
+					b, l := &p.Backends[c.Index], &p.Loads[c.Index]
+					if !s.Predictive() || k != nFull || l.Fits(b, req) || !s.Eligible(req, p, c.Index) {
+						t.Fatalf("iter %d: Full candidate %d at %d (predictive %v, fits %v)", iter, c.Index, k, s.Predictive(), l.Fits(b, req))
+					}
+					nFull++
+				}
+				out = out[nFull:]
 				wantEligible, wantRanked := 0, 0
 				for i := range p.Backends {
 					if s.Eligible(req, p, i) {
@@ -512,6 +537,17 @@ func TestNeverPicksFull(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withoutFullCands drops the Full candidates.
+func withoutFullCands(cands []Candidate) []Candidate {
+	var out []Candidate
+	for _, c := range cands {
+		if !c.Full {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // checkOrder asserts the strategy's documented order on a ranked list.

@@ -110,7 +110,8 @@ type Load struct {
 
 	// Perf is what is known of the backend's speed for the request's model.
 	Perf Perf
-	// Waiting is how many requests wait for a slot on this backend.
+	// Waiting is how many requests wait for a slot on this backend ahead
+	// of the one being ranked (all of them for a newcomer).
 	Waiting int
 	// TokensInflight is the sum of the token costs of the requests in
 	// flight fleet-wide (as last seen), when the backend has a token limit.
@@ -121,8 +122,10 @@ type Load struct {
 }
 
 // HasRoom reports whether one more request fits under the backend's limit on
-// requests in flight. See Fits for the token limit.
-func (l *Load) HasRoom(b *Backend) bool { return l.Inflight < b.MaxInflight }
+// requests in flight, after the requests waiting ahead of it (Waiting) have
+// taken theirs: a free slot that a waiting request is due is not room for a
+// newcomer. See Fits for the token limit.
+func (l *Load) HasRoom(b *Backend) bool { return l.Inflight+max(l.Waiting, 0) < b.MaxInflight }
 
 // Fits reports whether req fits on the backend now: a free slot and, with a
 // token limit, room for its token cost. A request whose cost alone exceeds

@@ -328,6 +328,12 @@ func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration)
 	}
 }
 
+// patienceRenewals is how many times a request whose patience for better
+// backends ran out may keep waiting for them, when ranking it again still
+// predicts that waiting pays (the predicted wait was too short); then it
+// settles for any backend. max_wait bounds it all.
+const patienceRenewals = 2
+
 // The waiter's queue changed under it.
 var (
 	// errFleetInterrupted: the fleet-wide queue became unusable.
@@ -385,11 +391,17 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 	deadline := a.Clock.NewTimer(maxWait)
 	defer deadline.Stop()
 	var patienceC <-chan time.Time
+	var pt Timer
+	defer func() {
+		if pt != nil {
+			pt.Stop()
+		}
+	}()
 	if plan.Patience > 0 {
-		pt := a.Clock.NewTimer(plan.Patience)
-		defer pt.Stop()
+		pt = a.Clock.NewTimer(plan.Patience)
 		patienceC = pt.C()
 	}
+	renewals, renew := 0, false
 	// A waiter that looks for room on its own (on joining, after settling)
 	// leaves backends that a waiter ahead of it wants to that waiter. A
 	// waiter woken by a release does not: the queue picked it for that
@@ -406,6 +418,16 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 			}
 		}
 		first = false
+		if renew {
+			// Patience ran out but the better backends are still
+			// predicted to pay: wait for them once more.
+			renew = false
+			if plan.Patience > 0 {
+				pt.Stop()
+				pt = a.Clock.NewTimer(plan.Patience)
+				patienceC = pt.C()
+			}
+		}
 		if !plan.Wants.Equal(ticket.wants) {
 			a.Queue.SetWants(ticket, plan.Wants)
 		}
@@ -425,8 +447,16 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 		case <-ticket.C():
 			skip, woken = nil, true
 		case <-patienceC:
-			// Waiting for a better backend no longer pays: settle for any.
-			patienceC, settled = nil, true
+			// Waiting for a better backend took longer than predicted:
+			// rank again, and settle for any backend unless waiting is
+			// still predicted to pay (at most patienceRenewals times).
+			patienceC = nil
+			if renewals < patienceRenewals {
+				renewals++
+				renew = true
+			} else {
+				settled = true
+			}
 			skip, woken = claimedAhead, false
 		case <-resumed:
 			return -1, 0, errLocalInterrupted
@@ -447,11 +477,17 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 	deadline := a.Clock.NewTimer(maxWait)
 	defer deadline.Stop()
 	var patienceC <-chan time.Time
+	var pt Timer
+	defer func() {
+		if pt != nil {
+			pt.Stop()
+		}
+	}()
 	if plan.Patience > 0 {
-		pt := a.Clock.NewTimer(plan.Patience)
-		defer pt.Stop()
+		pt = a.Clock.NewTimer(plan.Patience)
 		patienceC = pt.C()
 	}
+	renewals := 0
 	var queued *fleetWait
 	defer func() {
 		w.fleetW = nil
@@ -506,6 +542,7 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 		} else {
 			a.fleet.setWants(queued, plan.Wants)
 		}
+	wait:
 		if a.parked != nil {
 			a.parked()
 		}
@@ -520,10 +557,24 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			}
 			return -1, a.Clock.Now().Sub(start), errFleetInterrupted
 		case <-patienceC:
+			patienceC = nil
+			if renewals < patienceRenewals {
+				// Still predicted to pay? Then keep the place in line.
+				renewals++
+				again, err := w.Plan(false, false)
+				if err != nil {
+					return -1, 0, err
+				}
+				if again.Patience > 0 {
+					pt.Stop()
+					pt = a.Clock.NewTimer(again.Patience)
+					patienceC = pt.C()
+					goto wait // in line as it was: no call to Redis
+				}
+			}
 			// Waiting for a better backend no longer pays: leave the
 			// queue and ask again for any backend (a grant that arrived
 			// meanwhile is taken).
-			patienceC = nil
 			if name, err := fq.LeaveQueue(budget, w.ID); err != nil || name != "" {
 				if name != "" {
 					return w.Index(name), 0, nil

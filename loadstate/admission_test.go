@@ -333,30 +333,56 @@ func TestAdmissionPriorities(t *testing.T) {
 // TestAdmissionPatience: a request waiting for a better (full) backend takes
 // a slot on the other once its patience runs out.
 func TestAdmissionPatience(t *testing.T) {
-	e := newAdmissionEnv(t, QueueOptions{}, 1, 4)
-	<-e.admit(context.Background(), e.waiter("fast-holder", 0), time.Second)
-	better := NewBackendSet(2)
-	better.Add(0)
-	any := NewBackendSet(2)
-	any.Add(0)
-	any.Add(1)
-	var plans []bool
-	w := e.waiter("patient", 0, 1)
-	w.Plan = func(woken, settled bool) (Plan, error) {
-		plans = append(plans, settled)
-		if !settled {
-			return Plan{Try: []int{0}, Wants: better, Patience: 3 * time.Second}, nil
-		}
-		return Plan{Try: []int{0, 1}, Wants: any}, nil
-	}
-	done := e.admit(context.Background(), w, time.Minute)
-	e.queued(1)
-	if e.store.Inflight("b") != 0 {
-		t.Fatal("took the slower backend without waiting")
-	}
-	e.clock.advance(3 * time.Second)
-	if r := <-done; r.backend != 1 || r.err != nil {
-		t.Fatalf("after its patience: %+v, want the other backend", r)
+	for _, tt := range []struct {
+		name string
+		// pays: whether ranking again after the k-th expiry (k = 1, 2)
+		// still predicts that waiting pays.
+		pays []bool
+		// waits: the patience expiries before it settles.
+		waits int
+	}{
+		{"waiting stops paying", []bool{false}, 1},
+		{"still pays once", []bool{true, false}, 2},
+		{"still pays: renewed at most twice", []bool{true, true, true}, 3},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newAdmissionEnv(t, QueueOptions{}, 1, 4)
+			<-e.admit(context.Background(), e.waiter("fast-holder", 0), time.Second)
+			better := NewBackendSet(2)
+			better.Add(0)
+			any := NewBackendSet(2)
+			any.Add(0)
+			any.Add(1)
+			var mu sync.Mutex
+			expiries := 0
+			w := e.waiter("patient", 0, 1)
+			w.Plan = func(woken, settled bool) (Plan, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				if !settled && (expiries == 0 || tt.pays[expiries-1]) {
+					return Plan{Try: []int{0}, Wants: better, Patience: 3 * time.Second}, nil
+				}
+				return Plan{Try: []int{0, 1}, Wants: any}, nil
+			}
+			done := e.admit(context.Background(), w, time.Minute)
+			e.queued(1)
+			for k := 1; k <= tt.waits; k++ {
+				if e.store.Inflight("b") != 0 {
+					t.Fatalf("took the slower backend after %d expiries", k-1)
+				}
+				mu.Lock()
+				expiries = k
+				mu.Unlock()
+				e.clock.advance(3 * time.Second)
+				if k < tt.waits {
+					e.parkedSince(e.seenParked + 1) // waiting again
+				}
+			}
+			r := <-done
+			if r.backend != 1 || r.err != nil || r.waited != time.Duration(tt.waits)*3*time.Second {
+				t.Fatalf("%+v, want the other backend after %d expiries", r, tt.waits)
+			}
+		})
 	}
 }
 

@@ -482,3 +482,63 @@ func TestFleetQueueOutage(t *testing.T) {
 		t.Errorf("mode %s during the outage", a.store.Mode())
 	}
 }
+
+// TestFleetQueuePatience: a request waiting in the fleet-wide queue for a
+// better backend keeps its place when, its patience run out, ranking it
+// again still predicts that waiting pays (no call to Redis for that), and
+// settles for any backend when it no longer does: it leaves the queue and
+// takes the other backend.
+func TestFleetQueuePatience(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		pays []bool // after the k-th expiry, does waiting still pay?
+	}{
+		{"stops paying", []bool{false}},
+		{"pays once more", []bool{true, false}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			env := standaloneEnv(redistest.Start(t))
+			r := newFleetReplica(t, env, newTestPool(), "a", false, 1, 4)
+			if res := <-r.admit(context.Background(), r.waiter("holder", 0, nil, 0), time.Second); res.backend != 0 {
+				t.Fatalf("holder: %+v", res)
+			}
+			better, any := NewBackendSet(2), NewBackendSet(2)
+			better.Add(0)
+			any.Add(0)
+			any.Add(1)
+			var mu sync.Mutex
+			expiries, plans := 0, 0
+			w := r.waiter("patient", 0, nil, 0, 1)
+			w.Plan = func(woken, settled bool) (Plan, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				plans++
+				if !settled && plans > 1 {
+					expiries++ // a re-rank only follows an expiry here
+				}
+				if !settled && (expiries == 0 || tt.pays[expiries-1]) {
+					return Plan{Try: []int{0}, Wants: better, Patience: 50 * time.Millisecond}, nil
+				}
+				return Plan{Try: []int{0, 1}, Wants: any}, nil
+			}
+			before := r.store.Stats()
+			res := <-r.admit(context.Background(), w, time.Minute)
+			if res.backend != 1 || res.err != nil {
+				t.Fatalf("%+v, want the other backend once waiting stopped paying", res)
+			}
+			mu.Lock()
+			if expiries != len(tt.pays) {
+				t.Errorf("%d expiries, want %d", expiries, len(tt.pays))
+			}
+			mu.Unlock()
+			// Calls: the first acquire-or-queue, leaving the queue, the
+			// settled acquire; whatever the renewals.
+			after := r.store.Stats()
+			if calls := (after.HotPathCalls - before.HotPathCalls) + (after.QueueCalls - before.QueueCalls); calls != 3 {
+				t.Errorf("%d calls to Redis, want 3", calls)
+			}
+			mustRelease(t, r.store, "patient", "b")
+			mustRelease(t, r.store, "holder", "a")
+		})
+	}
+}
