@@ -110,7 +110,7 @@ func main() {
 	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token, prefill); the arrival rate follows")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait and stock lb_try_duration")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "client timeout per request")
-	flag.DurationVar(&o.warmup, "warmup", 0, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns)")
+	flag.DurationVar(&o.warmup, "warmup", 10*time.Second, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns; 0: none)")
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")
 	flag.StringVar(&o.redis, "redis", "", "host:port of a Redis: adds model_router replicas with `pool bench` and `redis redis://ADDR/0`")
 	flag.StringVar(&o.baselineRef, "baseline-ref", "0dfb174", "git commit of contender (c0): our gateway before predictive routing")
