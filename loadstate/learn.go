@@ -26,7 +26,10 @@ import (
 //
 // Every success adds the row (1, prompt, out−1) → total time; a stream also
 // adds (1, prompt, 0) → time to first token, which pins c0 + c1·prompt, the
-// TTFT, apart from c2, the time per output token. The sums add, so replicas
+// TTFT, apart from c2, the time per output token. The fit uses the newest
+// buckets that hold at least recentFitSamples successes (the whole window
+// when fewer), so a change of speed is learned after about that many
+// requests; error counts use the whole window. The sums add, so replicas
 // exchange their windows (EncodeWindow, MergeRemote) and every replica fits
 // the fleet's data.
 //
@@ -254,9 +257,7 @@ var outputDecay = math.Exp2(-1.0 / outputHalfLife)
 func (l *Learner) summedLocked(backend string, now time.Time) (sum learnBucket) {
 	if w := l.backends[backend]; w != nil {
 		l.windowLocked(backend, now)
-		for i := range w.ring {
-			mergeBucket(&sum, &w.ring[i])
-		}
+		sum = w.recent()
 	}
 	for id, r := range l.remote {
 		if now.Sub(r.seen) > l.window {
@@ -265,6 +266,43 @@ func (l *Learner) summedLocked(backend string, now time.Time) (sum learnBucket) 
 		}
 		if b := r.backends[backend]; b != nil {
 			mergeBucket(&sum, b)
+		}
+	}
+	return sum
+}
+
+// recentFitSamples is how many successes the fit wants: it uses the most
+// recent buckets that hold at least this many (all of the window when they
+// do not), so that a backend that slows down or recovers is re-learned as
+// soon as about this many requests have seen its new speed, rather than
+// over the whole window, while a backend with little traffic is still
+// fitted from all it has.
+const recentFitSamples = 20
+
+// recent sums a window's buckets, newest first: error counts over the whole
+// window; the timings (each model's fit, the service time) over the newest
+// buckets that hold at least recentFitSamples of them.
+func (w *learnWindow) recent() (sum learnBucket) {
+	n := len(w.ring)
+	for k := range n {
+		b := &w.ring[(w.cur-k+n)%n]
+		sum.Attempts += b.Attempts
+		sum.Against += b.Against
+		if sum.Service.N < recentFitSamples {
+			sum.Service.add(b.Service)
+		}
+		for m, f := range b.Fits {
+			if sum.Fits == nil {
+				sum.Fits = make(map[string]*fitStats, len(b.Fits))
+			}
+			g := sum.Fits[m]
+			if g == nil {
+				g = new(fitStats)
+				sum.Fits[m] = g
+			}
+			if g.Samples < recentFitSamples {
+				g.add(f)
+			}
 		}
 	}
 	return sum
@@ -425,10 +463,7 @@ func (l *Learner) EncodeWindow() []byte {
 	wire := learnWire{Backends: map[string]*learnBucket{}, Models: map[string]ringStat{}}
 	for name, w := range l.backends {
 		l.windowLocked(name, now)
-		var sum learnBucket
-		for i := range w.ring {
-			mergeBucket(&sum, &w.ring[i])
-		}
+		sum := w.recent()
 		if sum.Attempts > 0 || sum.Service.N > 0 {
 			wire.Backends[name] = &sum
 		}

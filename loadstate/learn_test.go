@@ -167,6 +167,57 @@ func TestLearnerWindowForgets(t *testing.T) {
 	}
 }
 
+// TestLearnerFollowsChangeQuickly: a backend that was slow for most of the
+// window and fast for the last 10 s (one bucket of 20 samples) is predicted
+// at its new speed, not the window's average (the fit uses the newest
+// buckets holding recentFitSamples), both ways; with fewer new samples the
+// older buckets still count.
+func TestLearnerFollowsChangeQuickly(t *testing.T) {
+	slow := synth{base: 100 * time.Millisecond, tpot: 30 * time.Millisecond}
+	fast := synth{base: 20 * time.Millisecond, tpot: 3 * time.Millisecond}
+	for _, tt := range []struct {
+		name       string
+		before, to synth
+	}{
+		{"recovers", slow, fast},
+		{"slows down", fast, slow},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := &stepClock{t: time.Unix(1_700_000_000, 0)}
+			l := NewLearner(time.Minute, 6, clk.now)
+			rnd := rand.New(rand.NewPCG(7, 8))
+			for range 5 { // 50 s of the old speed
+				for range 20 {
+					l.Record(tt.before.sample(rnd, true))
+				}
+				clk.add(10 * time.Second)
+			}
+			for range 20 { // then 10 s of the new one, as much data per second
+				l.Record(tt.to.sample(rnd, true))
+			}
+			got := l.Backend("b", "m")
+			// The whole window's fit would be (5·old + new)/6.
+			if !near(got.Perf.TPOT, tt.to.tpot, 0.02) {
+				t.Fatalf("TPOT %v after 20 samples at %v (before: %v)", got.Perf.TPOT, tt.to.tpot, tt.before.tpot)
+			}
+			if got.Attempts != 120 {
+				t.Errorf("attempts %d, want 120: error counts keep the whole window", got.Attempts)
+			}
+			// A new bucket with 5 samples of yet another speed: the fit
+			// takes the bucket before too (20 + 5 samples).
+			clk.add(10 * time.Second)
+			for range 5 {
+				l.Record(tt.before.sample(rnd, true))
+			}
+			mixed := l.Backend("b", "m").Perf.TPOT
+			lo, hi := min(tt.before.tpot, tt.to.tpot), max(tt.before.tpot, tt.to.tpot)
+			if mixed <= lo || mixed >= hi || mixed.Seconds() == got.Perf.TPOT.Seconds() {
+				t.Errorf("TPOT %v from 20 samples at %v and 5 at %v: want between", mixed, tt.to.tpot, tt.before.tpot)
+			}
+		})
+	}
+}
+
 // TestLearnerShared: two replicas' windows merge into one fit, and a replica
 // that stops publishing is forgotten.
 func TestLearnerShared(t *testing.T) {
