@@ -174,6 +174,9 @@ func TestAdminDrain(t *testing.T) {
 	held := make(chan result, 1)
 	go func() { held <- send(context.Background(), http.DefaultClient, url, chatBody("only-a")) }()
 	g.waitHeld("a", 1)
+	// The slot is taken before the request reaches a: count a's requests
+	// only once it has.
+	eventually(t, 10*time.Second, "the held request to reach a", func() bool { return a.cur.Load() == 1 })
 
 	status, _, body := g.adminCall(http.MethodPost, "/model_router/backends/a/drain", "")
 	if status != http.StatusOK {
