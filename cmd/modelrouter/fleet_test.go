@@ -348,7 +348,11 @@ func TestFleetReplicaKilledHoldingSlots(t *testing.T) {
 		}
 		result <- err
 	}()
-	time.Sleep(300 * time.Millisecond)
+	// It is in the fleet's line (its ticket in Redis) and not served.
+	waitFor(t, "replica 1's request to wait in the fleet queue", 10*time.Second, func() bool {
+		n, err := srv.Client().HLen(context.Background(), "mr:{fleet}:tickets").Result()
+		return err == nil && n == 1
+	})
 	select {
 	case err := <-result:
 		t.Fatalf("replica 1 was served while replica 0 held every slot (err %v)", err)
