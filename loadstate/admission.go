@@ -575,11 +575,12 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			// Waiting for a better backend no longer pays: leave the
 			// queue and ask again for any backend (a grant that arrived
 			// meanwhile is taken).
-			if name, err := fq.LeaveQueue(budget, w.ID); err != nil || name != "" {
-				if name != "" {
-					return w.Index(name), 0, nil
-				}
-				return -1, 0, err
+			// A failed leave (one slow or lost reply) is not the request's
+			// failure: the ticket lapses in Redis, a slot handed to it late
+			// is given back, and asking again goes through the store's own
+			// handling of a slow or absent Redis.
+			if name, _ := fq.LeaveQueue(budget, w.ID); name != "" {
+				return w.Index(name), 0, nil
 			}
 			settled = true
 			if plan, err = w.Plan(false, true); err != nil {

@@ -542,3 +542,49 @@ func TestFleetQueuePatience(t *testing.T) {
 		})
 	}
 }
+
+// TestFleetQueuePatienceLeaveStalls: Redis stalls just as a waiter whose
+// patience ran out leaves the line. The failed leave is one slow reply, not
+// the request's failure: it asks again for any backend and is served.
+func TestFleetQueuePatienceLeaveStalls(t *testing.T) {
+	srv := redistest.Start(t)
+	r := newFleetReplicaWith(t, standaloneEnv(srv), RedisOptions{Pool: newTestPool(), ReplicaID: "a",
+		Heartbeat: 100 * time.Millisecond, Timeout: 100 * time.Millisecond}, false, 1, 4)
+	if res := <-r.admit(context.Background(), r.waiter("holder", 0, nil, 0), time.Second); res.backend != 0 {
+		t.Fatalf("holder: %+v", res)
+	}
+	better, any := NewBackendSet(2), NewBackendSet(2)
+	better.Add(0)
+	any.Add(0)
+	any.Add(1)
+	var mu sync.Mutex
+	plans, stalled := 0, false
+	w := r.waiter("patient", 0, nil, 0, 1)
+	w.Plan = func(woken, settled bool) (Plan, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		plans++
+		if !settled && plans == 1 {
+			return Plan{Try: []int{0}, Wants: better, Patience: 50 * time.Millisecond}, nil
+		}
+		if !settled && !stalled {
+			// The re-rank after the patience ran out: waiting no longer
+			// pays, and Redis stalls for three of its timeouts as the
+			// waiter leaves the line.
+			stalled = true
+			srv.Pause(300 * time.Millisecond)
+		}
+		return Plan{Try: []int{0, 1}, Wants: any}, nil
+	}
+	res := <-r.admit(context.Background(), w, time.Minute)
+	if res.backend != 1 || res.err != nil {
+		t.Fatalf("%+v, want the other backend: a stalled leave is not the request's failure", res)
+	}
+	mu.Lock()
+	if !stalled {
+		t.Error("the patience never ran out")
+	}
+	mu.Unlock()
+	waitFor(t, 10*time.Second, "Redis to answer again", func() bool { return r.store.Release(context.Background(), "patient", "b") == nil })
+	waitFor(t, 10*time.Second, "the holder's release", func() bool { return r.store.Release(context.Background(), "holder", "a") == nil })
+}
