@@ -185,7 +185,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.PriorityAging = v
 		case "batch_window":
-			v, err := durationArg(d)
+			v, err := nonNegativeDurationArg(d) // 0: the default, no window
 			if err != nil {
 				return err
 			}
@@ -544,6 +544,21 @@ func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
 	dur, err := caddy.ParseDuration(v)
 	if err != nil || dur <= 0 {
 		return 0, d.Errf("%s: %q must be a positive duration such as 2s", key, v)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// nonNegativeDurationArg reads the one argument of the current option as a
+// duration of zero or more: for options whose default, 0, may be written out.
+func nonNegativeDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	key := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return 0, err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur < 0 {
+		return 0, d.Errf("%s: %q must be a duration of 0 or more such as 5ms", key, v)
 	}
 	return caddy.Duration(dur), nil
 }

@@ -140,7 +140,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"priority aging not a duration", "priority_aging later\n" + backend, "positive duration", 2},
 		{"batch window without optimal", "strategy greedy\n\tbatch_window 5ms\n" + backend, `batch_window applies to strategy optimal only (strategy is "greedy")`, 3},
 		{"batch window with the default strategy", "batch_window 5ms\n" + backend, `(strategy is "balanced")`, 2},
-		{"batch window not a duration", "strategy optimal\n\tbatch_window soon\n" + backend, "positive duration", 3},
+		{"batch window not a duration", "strategy optimal\n\tbatch_window soon\n" + backend, "duration of 0 or more", 3},
+		{"batch window negative", "strategy optimal\n\tbatch_window -1ms\n" + backend, "duration of 0 or more", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -133,11 +134,16 @@ func (c *classified) field(s *jsonScanner, key []byte, seenModel *bool) *apiErro
 			if err != nil {
 				return malformed(err)
 			}
-			n, perr := strconv.ParseInt(string(s.b[start:end]), 10, 64)
-			if !integer || perr != nil || n < 0 {
-				return invalidRequest(400, "invalid_value", k, fmt.Sprintf("%q must be a non-negative integer", k))
+			// A JSON number: 100, 1e2 and 100.0 are the same count; one too
+			// large for any context is kept as the largest (and fits none).
+			x, perr := strconv.ParseFloat(string(s.b[start:end]), 64)
+			if perr != nil && !errors.Is(perr, strconv.ErrRange) {
+				return malformed(perr)
 			}
-			c.req.MaxTokens = int(min(n, 1<<31-1))
+			if x < 0 || (!integer && x != math.Trunc(x)) {
+				return invalidRequest(400, "invalid_value", k, fmt.Sprintf("%q must be a whole number of 0 or more", k))
+			}
+			c.req.MaxTokens = int(min(x, 1<<31-1))
 		default:
 			if _, err := s.value(); err != nil {
 				return malformed(err)
