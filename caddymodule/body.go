@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -46,6 +47,11 @@ const (
 	// still sending gets the answer, not a reset), and would wait for a
 	// client that sends nothing for as long as the server lets it.
 	bodyLingerTimeout = 2 * time.Second
+
+	// bodyMinRate is the rate, in bytes per second, a request body must keep
+	// up after its first BodyTimeout: each bodyMinRate bytes received add a
+	// second to the body's deadline (Apache's mod_reqtimeout MinRate).
+	bodyMinRate = 500
 )
 
 // acceptedEncodings is the Accept-Encoding of a 415 answer: the content
@@ -80,11 +86,17 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *api
 		abandonBody(w, r, false)
 		return nil, apiErr
 	}
-	body, err := readLimited(r.Body, h.MaxBody, r.ContentLength)
+	in := newRateReader(w, r.Body, time.Duration(h.BodyTimeout))
+	body, err := readLimited(in, h.MaxBody, r.ContentLength)
+	in.done()
 	if err != nil {
 		abandonBody(w, r, true)
-		if errors.Is(err, errBodyTooLarge) {
+		switch {
+		case errors.Is(err, errBodyTooLarge):
 			return nil, bodyTooLarge()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, invalidRequest(http.StatusRequestTimeout, "request_timeout", "",
+				"the request body did not arrive in time: send it faster than 500 bytes per second after the first body_timeout")
 		}
 		return nil, invalidRequest(http.StatusBadRequest, "invalid_body", "", "reading the request body failed")
 	}
@@ -111,6 +123,42 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *api
 
 func bodyTooLarge() *apiError {
 	return invalidRequest(http.StatusRequestEntityTooLarge, "request_too_large", "", "the request body is larger than the gateway accepts")
+}
+
+// rateReader reads a request body under a read deadline that starts at
+// timeout from now and moves one second later for every bodyMinRate bytes
+// received, so a body that keeps a reasonable pace always arrives and one
+// dripped a byte at a time is cut. With a writer that does not unwrap to
+// net/http's (no read deadlines), it reads without one: net/http's own
+// server timeouts apply.
+type rateReader struct {
+	r        io.Reader
+	rc       *http.ResponseController
+	deadline time.Time
+	on       bool
+}
+
+func newRateReader(w http.ResponseWriter, r io.Reader, timeout time.Duration) *rateReader {
+	b := &rateReader{r: r, rc: http.NewResponseController(w), deadline: time.Now().Add(timeout)}
+	b.on = b.rc.SetReadDeadline(b.deadline) == nil
+	return b
+}
+
+func (b *rateReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if n > 0 && b.on {
+		b.deadline = b.deadline.Add(time.Duration(n) * time.Second / bodyMinRate)
+		_ = b.rc.SetReadDeadline(b.deadline)
+	}
+	return n, err
+}
+
+// done lifts the deadline once the body is read: the connection is then
+// watched for the client going away, for as long as the answer takes.
+func (b *rateReader) done() {
+	if b.on {
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
 }
 
 // abandonBody makes an HTTP/1 connection end with the answer when the body

@@ -268,6 +268,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			h.StreamIdleTimeout = v
+		case "body_timeout":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.BodyTimeout = v
 		case "max_fails":
 			v, err := intArg(d, 1)
 			if err != nil {

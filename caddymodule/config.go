@@ -101,6 +101,14 @@ type Handler struct {
 	// 413. Default: 4 MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// BodyTimeout bounds how long a request body may take to arrive: this
+	// long to start with, and one second more for every bodyMinRate (500)
+	// bytes received, the rule of Apache's mod_reqtimeout (body=20,
+	// MinRate=500). A body slower than that (a client dripping bytes to
+	// hold a connection) gets 408 request_timeout and the connection is
+	// closed. Default: 20s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
 	// FullStatus is the status for "every slot busy after MaxWait" and "queue
 	// full": 503 or 429. Default: 503.
 	FullStatus int `json:"full_status,omitempty"`
@@ -278,6 +286,7 @@ const (
 	defaultMaxWait               = 2 * time.Second
 	defaultMaxQueue              = 256
 	defaultMaxBody               = 4 << 20
+	defaultBodyTimeout           = 20 * time.Second
 	defaultDialTimeout           = 3 * time.Second
 	defaultResponseHeaderTimeout = 15 * time.Minute
 	defaultStreamHeaderTimeout   = 2 * time.Minute
@@ -298,6 +307,7 @@ func (h *Handler) validate() error {
 		v    caddy.Duration
 	}{
 		{"max_wait", h.MaxWait},
+		{"body_timeout", h.BodyTimeout},
 		{"dial_timeout", h.DialTimeout},
 		{"response_header_timeout", h.ResponseHeaderTimeout},
 		{"stream_header_timeout", h.StreamHeaderTimeout},

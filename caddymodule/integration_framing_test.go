@@ -774,3 +774,97 @@ func TestIntegrationFramingMemoryFollowsBytes(t *testing.T) {
 	}
 	g.waitIdle()
 }
+
+// TestIntegrationFramingSlowBody: a body dripped a byte at a time, with a
+// Content-Length or chunked, is cut once it falls behind body_timeout plus a
+// second per 500 bytes: 408 request_timeout, the connection closed, nothing
+// sent upstream, no slot taken. A body sent at once goes through.
+func TestIntegrationFramingSlowBody(t *testing.T) {
+	plain := newUpstream(t, "plain", 0, false)
+	g := startGateway(t, gatewayOptions{}, `
+{{url "gw"}} {
+	model_router {
+		pool {{.Pool}}
+		body_timeout 2s
+		backend plain {{index .Up "plain"}} {
+			models m1
+			max_inflight 8
+		}
+	}
+}
+`, map[string]string{"plain": plain.srv.URL})
+	body := `{"model":"m1","messages":[{"role":"user","content":"` + strings.Repeat("x", 4000) + `"}]}`
+
+	for _, chunked := range []bool{false, true} {
+		t.Run(fmt.Sprintf("chunked=%v", chunked), func(t *testing.T) {
+			rejected := rejectedCount(t, "request_timeout")
+			c, br := dialGateway(t, g)
+			head := "POST /v1/chat/completions HTTP/1.1\r\nHost: " + host(g) + "\r\nContent-Type: application/json\r\n"
+			if chunked {
+				head += "Transfer-Encoding: chunked\r\n\r\n"
+			} else {
+				head += "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n"
+			}
+			write(t, c, head)
+			// One byte every 20ms earns 2ms of deadline: the body falls
+			// behind after about 2.2s, long before its 4000 bytes are sent
+			// (80s). Without the bound the whole body arrives and is served.
+			stop := make(chan struct{})
+			dripped := make(chan struct{})
+			go func() {
+				defer close(dripped)
+				tick := time.NewTicker(20 * time.Millisecond)
+				defer tick.Stop()
+				for i := 0; i < len(body); i++ {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+					}
+					b := body[i : i+1]
+					if chunked {
+						b = "1\r\n" + b + "\r\n"
+					}
+					if _, err := io.WriteString(c, b); err != nil {
+						return // the gateway closed the connection
+					}
+				}
+				if chunked {
+					_, _ = io.WriteString(c, "0\r\n\r\n")
+				}
+			}()
+			resp, answer := readResponse(t, br)
+			close(stop)
+			<-dripped
+			if resp.StatusCode != http.StatusRequestTimeout {
+				t.Fatalf("status %d, want 408: %s", resp.StatusCode, answer)
+			}
+			if e := parseAPIError(t, answer); e.Code != "request_timeout" {
+				t.Errorf("code %q", e.Code)
+			}
+			if !resp.Close {
+				t.Errorf("408 without Connection: close")
+			}
+			expectClosed(t, br)
+			if got := rejectedCount(t, "request_timeout"); got != rejected+1 {
+				t.Errorf("rejected_total{code=request_timeout} went from %v to %v, want +1", rejected, got)
+			}
+			if n := plain.total.Load(); n != 0 {
+				t.Errorf("backend saw %d requests", n)
+			}
+			g.waitIdle()
+		})
+	}
+
+	// The same body sent at once is served, on a connection that then
+	// carries a second request: the lifted deadline does not cut it.
+	c, br := dialGateway(t, g)
+	req := "POST /v1/chat/completions HTTP/1.1\r\nHost: " + host(g) + "\r\nContent-Type: application/json\r\nContent-Length: " +
+		strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	for i := range 2 {
+		write(t, c, req)
+		if resp, answer := readResponse(t, br); resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d sent at once: status %d: %s", i, resp.StatusCode, answer)
+		}
+	}
+}
