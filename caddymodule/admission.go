@@ -478,7 +478,8 @@ const (
 
 // drainTime estimates how long the requests now waiting take to be served:
 // the queue's length over the pool's recent service rate, Σ max_inflight ÷
-// mean service time over the backends whose service time is known. It is
+// mean service time over the backends whose service time is known (with
+// Redis, the queue is the fleet's: RedisStore.FleetWaiting). It is
 // the Retry-After (jittered) of a request refused as full, bounded to
 // [1s, 30s]; 1s while nothing is known.
 func (h *Handler) drainTime() time.Duration {
@@ -497,6 +498,12 @@ func (h *Handler) drainTime() time.Duration {
 	if rate <= 0 {
 		return minRetryAfter
 	}
-	d := time.Duration(float64(h.admission.Waiting()+1) / rate * float64(time.Second))
+	waiting := h.admission.Waiting()
+	if fq, ok := h.store.(interface{ FleetWaiting() (int, bool) }); ok {
+		if n, ok := fq.FleetWaiting(); ok {
+			waiting = max(waiting, n) // the whole fleet's line, as of the last heartbeat
+		}
+	}
+	d := time.Duration(float64(waiting+1) / rate * float64(time.Second))
 	return min(max(d, minRetryAfter), maxRetryAfter)
 }

@@ -137,6 +137,9 @@ func (s *RedisStore) beat() error {
 		defer s.resume() // after s.mu is released
 	}
 	trusted := s.trusted()
+	if trusted {
+		s.fleetQueued.Store(reply.queued)
+	}
 	for i, st := range states {
 		st.fleet.Store(reply.counts[i])
 		st.fleetTokens.Store(reply.sums[i])
@@ -290,6 +293,7 @@ type heartbeatReply struct {
 	counts []int64
 	sums   []int64 // tokens in flight, of the token-limited backends
 	dead   []string
+	queued int64 // tickets in the pool's fleet-wide queue
 }
 
 // replicaBeat is a live replica's last heartbeat in the registry.
@@ -300,7 +304,7 @@ type replicaBeat struct {
 
 func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 	var r heartbeatReply
-	if len(raw) != 6 {
+	if len(raw) != 7 {
 		return r, fmt.Errorf("heartbeat script: reply of %d values", len(raw))
 	}
 	var ok bool
@@ -343,6 +347,9 @@ func parseHeartbeatReply(raw []any, n int) (heartbeatReply, error) {
 		if id, ok := v.(string); ok {
 			r.dead = append(r.dead, id)
 		}
+	}
+	if r.queued, ok = raw[6].(int64); !ok {
+		return r, fmt.Errorf("heartbeat script: queue length of type %T", raw[6])
 	}
 	return r, nil
 }

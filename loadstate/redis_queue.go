@@ -58,6 +58,18 @@ type FleetQueue interface {
 	Resumed() <-chan struct{}
 }
 
+// FleetWaiting returns how many requests of every replica wait in the pool's
+// fleet-wide queue, as of the last heartbeat (so up to one heartbeat old),
+// and whether that count stands: false while the fleet-wide queue is not in
+// use (Redis down or not trusted yet), when each replica's own line is all
+// there is.
+func (s *RedisStore) FleetWaiting() (int, bool) {
+	if !s.Queueing() {
+		return 0, false
+	}
+	return int(s.fleetQueued.Load()), true
+}
+
 // waitingTicket is one of this replica's requests in the fleet-wide queue.
 type waitingTicket struct {
 	member string

@@ -162,6 +162,16 @@ func TestFleetQueueOrder(t *testing.T) {
 		done[e.id] = e.rep.admit(context.Background(), e.rep.waiter(e.id, e.class, nil, 0), time.Minute)
 		waitFor(t, 10*time.Second, "ticket "+e.id, func() bool { return ticketsWaiting(t, reps[0]) == int64(k+1) })
 	}
+	// Every replica learns the fleet's line with its heartbeat (for
+	// Retry-After): 4, though each holds only 1 or 2 of the tickets.
+	waitFor(t, 10*time.Second, "every replica to count the fleet's 4 waiting", func() bool {
+		for _, r := range reps {
+			if n, ok := r.store.FleetWaiting(); !ok || n != 4 {
+				return false
+			}
+		}
+		return true
+	})
 	// A newcomer finds the slot free after the release, but waiters come first.
 	holder := "held"
 	holderRep := reps[0]

@@ -476,7 +476,7 @@ end
 if nb > 0 then
   redis.call('PEXPIRE', KEYS[4], 86400000)
 end
-return {epoch, now, live, counts, dead, sums}
+return {epoch, now, live, counts, dead, sums, redis.call('HLEN', KEYS[6])}
 `)
 
 // replaceEpochScript gives the pool a new epoch when it still has the one the

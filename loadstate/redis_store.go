@@ -131,10 +131,13 @@ type RedisStore struct {
 	epoch      atomic.Pointer[string] // the epoch whose counts this replica trusts
 	attempts   atomic.Uint64          // numbers each acquire's lease member
 	needSync   atomic.Bool            // some live lease is not known to be in Redis
-	closed     atomic.Bool
-	noticeAt   atomic.Int64 // when the last outage warning was logged
-	announced  atomic.Bool  // the current outage was warned about
-	brk        breaker
+	// fleetQueued is the length of the pool's fleet-wide queue at the last
+	// heartbeat that could trust Redis (FleetWaiting).
+	fleetQueued atomic.Int64
+	closed      atomic.Bool
+	noticeAt    atomic.Int64 // when the last outage warning was logged
+	announced   atomic.Bool  // the current outage was warned about
+	brk         breaker
 
 	freshEpoch string // prefix of the epoch this replica creates when Redis has none
 	bmu        sync.Mutex
