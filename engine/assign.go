@@ -17,6 +17,12 @@ import "math"
 // cheapest augmenting path, so it is exact: it equals brute force on every
 // input (see the property test).
 //
+// Ours rather than a library's: the Go implementations published
+// (github.com/oddg/hungarian-algorithm, 2017, and its fork
+// bitbucket.org/dchapes/assignment, 2019) take square matrices only, so
+// neither solves a batch with more waiters than slots, nor knows forbidden
+// pairs, and both allocate on every call.
+//
 // An Assigner reuses its buffers across calls: Assign allocates only when a
 // problem is larger than every one before. It is not safe for concurrent use.
 type Assigner struct {
