@@ -191,6 +191,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.BatchWindow = v
 			at[key] = where()
+		case "assign_aging":
+			v, err := durationArg(d)
+			if err != nil {
+				return err
+			}
+			h.AssignAging = v
+			at[key] = where()
 		case "explain_header":
 			v, err := oneArg(d)
 			if err != nil {
@@ -342,8 +349,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := checkPriorities(h.Priorities, "", h.Sheddable); err != nil {
 		return fmt.Errorf("%w, at %s", err, at["sheddable"])
 	}
-	if err := checkBatchWindow(h.BatchWindow, h.Strategy); err != nil {
+	if err := checkOptimalOnly("batch_window", h.BatchWindow, h.Strategy); err != nil {
 		return fmt.Errorf("%w, at %s", err, at["batch_window"])
+	}
+	if err := checkOptimalOnly("assign_aging", h.AssignAging, h.Strategy); err != nil {
+		return fmt.Errorf("%w, at %s", err, at["assign_aging"])
 	}
 	return nil
 }

@@ -142,6 +142,10 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"batch window with the default strategy", "batch_window 5ms\n" + backend, `(strategy is "balanced")`, 2},
 		{"batch window not a duration", "strategy optimal\n\tbatch_window soon\n" + backend, "duration of 0 or more", 3},
 		{"batch window negative", "strategy optimal\n\tbatch_window -1ms\n" + backend, "duration of 0 or more", 3},
+		{"assign aging without optimal", "strategy fastest\n\tassign_aging 2s\n" + backend, `assign_aging applies to strategy optimal only (strategy is "fastest")`, 3},
+		{"assign aging zero", "strategy optimal\n\tassign_aging 0\n" + backend, "positive duration", 3},
+		{"assign aging without optimal", "strategy fastest\n\tassign_aging 2s\n" + backend, `assign_aging applies to strategy optimal only (strategy is "fastest")`, 3},
+		{"assign aging zero", "strategy optimal\n\tassign_aging 0\n" + backend, "positive duration", 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -227,6 +231,10 @@ func TestValidateJSON(t *testing.T) {
 		{"bad priority_header", strings.Replace(ok, "{", `{"priority_header": "X Priority", `, 1), "not a header name"},
 		{"batch_window without optimal", strings.Replace(ok, "{", `{"batch_window": 5000000, `, 1), "batch_window applies to strategy optimal only"},
 		{"negative batch_window", strings.Replace(ok, "{", `{"strategy": "optimal", "batch_window": -1, `, 1), "batch_window must not be negative"},
+		{"assign_aging without optimal", strings.Replace(ok, "{", `{"assign_aging": 2000000000, `, 1), "assign_aging applies to strategy optimal only"},
+		{"negative assign_aging", strings.Replace(ok, "{", `{"strategy": "optimal", "assign_aging": -1, `, 1), "assign_aging must not be negative"},
+		{"assign_aging without optimal", strings.Replace(ok, "{", `{"assign_aging": 2000000000, `, 1), "assign_aging applies to strategy optimal only"},
+		{"negative assign_aging", strings.Replace(ok, "{", `{"strategy": "optimal", "assign_aging": -1, `, 1), "assign_aging must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

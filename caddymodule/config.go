@@ -82,6 +82,16 @@ type Handler struct {
 	// Default 0: no added delay.
 	BatchWindow caddy.Duration `json:"batch_window,omitempty"`
 
+	// AssignAging (strategy optimal only) is the age term of the
+	// assignment: a freed slot goes to the waiter with the highest score
+	// (capability × predicted speed, at most 1) less one point per
+	// AssignAging it is behind the first in line, so a better-suited
+	// request overtakes one that arrived at most AssignAging × (its score
+	// advantage) earlier, and none is starved. Set it near the typical
+	// request's service time: larger favours capability, smaller arrival
+	// order (and the tail latency). Default: 1s.
+	AssignAging caddy.Duration `json:"assign_aging,omitempty"`
+
 	// ExplainHeader, when set, names a request header: a request that
 	// carries it gets an X-Model-Router-Explain response header with every
 	// candidate's score and predicted wait, TTFT and completion (never
@@ -347,7 +357,10 @@ func (h *Handler) validate() error {
 	if err := checkPriorities(h.Priorities, h.DefaultPriority, h.Sheddable); err != nil {
 		return err
 	}
-	if err := checkBatchWindow(h.BatchWindow, h.Strategy); err != nil {
+	if err := checkOptimalOnly("batch_window", h.BatchWindow, h.Strategy); err != nil {
+		return err
+	}
+	if err := checkOptimalOnly("assign_aging", h.AssignAging, h.Strategy); err != nil {
 		return err
 	}
 	if err := checkFullStatus(h.FullStatus); err != nil {
@@ -574,17 +587,18 @@ func checkPriorities(classes []string, def string, shed []string) error {
 	return nil
 }
 
-// checkBatchWindow: a batch window only means something to the optimal
-// strategy's assignment, and is not negative.
-func checkBatchWindow(w caddy.Duration, strategy string) error {
+// checkOptimalOnly: an option of the optimal strategy's assignment
+// (batch_window, assign_aging) only means something to that strategy, and
+// is not negative.
+func checkOptimalOnly(name string, w caddy.Duration, strategy string) error {
 	if w < 0 {
-		return fmt.Errorf("batch_window must not be negative")
+		return fmt.Errorf("%s must not be negative", name)
 	}
 	if w > 0 && strategy != engine.StrategyOptimal {
 		if strategy == "" {
 			strategy = engine.DefaultStrategy
 		}
-		return fmt.Errorf("batch_window applies to strategy optimal only (strategy is %q)", strategy)
+		return fmt.Errorf("%s applies to strategy optimal only (strategy is %q)", name, strategy)
 	}
 	return nil
 }

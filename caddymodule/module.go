@@ -193,13 +193,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.currentView()
 	h.queue = loadstate.NewWaitQueueWith(loadstate.QueueOptions{
 		Max: h.MaxQueue, Aging: time.Duration(h.PriorityAging), Assign: h.strategy.Assigns(), Now: now,
-		BatchWindow: time.Duration(h.BatchWindow),
+		AssignAging: time.Duration(h.AssignAging), BatchWindow: time.Duration(h.BatchWindow),
 	})
 	h.stopWatch = h.store.Watch(h.onRelease)
 	h.leaseIDs.init()
 	h.metrics = registerMetrics(ctx.GetMetricsRegistry(), h.logger)
 	if rs, ok := h.store.(*loadstate.RedisStore); ok {
-		rs.SetQueueMode(h.strategy.Assigns(), time.Duration(h.PriorityAging))
+		rs.SetQueueMode(h.strategy.Assigns(), time.Duration(h.AssignAging))
 	}
 	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{
 		Store: h.store, Queue: h.queue, Backends: len(h.backends),

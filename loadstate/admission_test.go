@@ -389,7 +389,7 @@ func TestAdmissionPatience(t *testing.T) {
 // TestAdmissionAssignMode: a freed slot goes to the waiter it suits best,
 // not the oldest, unless the oldest has waited a whole Aging longer.
 func TestAdmissionAssignMode(t *testing.T) {
-	e := newAdmissionEnv(t, QueueOptions{Assign: true, Aging: 10 * time.Second}, 1)
+	e := newAdmissionEnv(t, QueueOptions{Assign: true, Aging: 10 * time.Second, AssignAging: 10 * time.Second}, 1)
 	<-e.admit(context.Background(), e.waiter("holder", 0), time.Second)
 	scored := func(id string, score float64) *Waiter {
 		w := e.waiter(id, 0)
@@ -427,7 +427,7 @@ func TestAdmissionAssignMode(t *testing.T) {
 // waiters that suit them best in total (greedy would not).
 func TestWaitQueueNotifyManyAssigns(t *testing.T) {
 	clock := newAdmClock()
-	q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, Now: clock.Now})
+	q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, AssignAging: time.Hour, Now: clock.Now})
 	a, _ := q.Enter(set(2, 0, 1))
 	q.SetScores(a, []float64{0.9, 0.8})
 	b, _ := q.Enter(set(2, 0, 1))
@@ -452,7 +452,7 @@ func TestWaitQueueBatchWindow(t *testing.T) {
 	after := func(d time.Duration, f func()) { windows = append(windows, d); timers = append(timers, f) }
 	setup := func(window time.Duration) (*WaitQueue, *Ticket) {
 		timers, windows = nil, nil
-		q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, Now: clock.Now,
+		q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, AssignAging: time.Hour, Now: clock.Now,
 			BatchWindow: window, AfterFunc: after})
 		a, _ := q.Enter(set(2, 0, 1))
 		q.SetScores(a, []float64{0.9, 0.8})
@@ -550,4 +550,35 @@ func TestAdmissionReplanCountsOnlyWaitersAhead(t *testing.T) {
 	<-dones[1]
 	e.release("w1", 0)
 	<-dones[2]
+}
+
+// TestWaitQueueAssignAging: the age term's scale. A better-suited waiter
+// (0.9 against 0.5) overtakes one ahead of it by less than AssignAging ×
+// 0.4, and not one further ahead; the priority aging plays no part within a
+// class.
+func TestWaitQueueAssignAging(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		aging    time.Duration // AssignAging
+		behind   time.Duration // how much later the better-suited one arrived
+		overtake bool
+	}{
+		{"default 1s, 300ms behind", 0, 300 * time.Millisecond, true},
+		{"default 1s, 500ms behind", 0, 500 * time.Millisecond, false},
+		{"2s, 500ms behind", 2 * time.Second, 500 * time.Millisecond, true},
+		{"2s, 900ms behind", 2 * time.Second, 900 * time.Millisecond, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Unix(1000, 0)
+			q := NewWaitQueueWith(QueueOptions{Max: 10, Assign: true, Aging: time.Hour, AssignAging: tt.aging, Now: func() time.Time { return start }})
+			first, _ := q.EnterClass(set(1, 0), 0, start)
+			q.SetScores(first, []float64{0.5})
+			suited, _ := q.EnterClass(set(1, 0), 0, start.Add(tt.behind))
+			q.SetScores(suited, []float64{0.9})
+			q.Notify(0)
+			if got := suited.woken == 0; got != tt.overtake || (first.woken == 0) == tt.overtake {
+				t.Fatalf("first woken for %d, the better-suited one for %d; want it to overtake: %v", first.woken, suited.woken, tt.overtake)
+			}
+		})
+	}
 }

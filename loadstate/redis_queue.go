@@ -108,9 +108,13 @@ func (s *RedisStore) forgetTicket(id string) {
 
 // SetQueueMode sets how freed slots are handed to waiting tickets when this
 // replica's releases and heartbeats serve the queue: by the optimal
-// assignment (assign) or first in line, and the waiting time one priority
-// class is worth. The routers of a pool should agree.
+// assignment (assign) or first in line, and, for the assignment, the
+// waiting time one point of score is worth (QueueOptions.AssignAging; 0:
+// DefaultAssignAging). The routers of a pool should agree.
 func (s *RedisStore) SetQueueMode(assign bool, aging time.Duration) {
+	if aging <= 0 {
+		aging = DefaultAssignAging
+	}
 	flag := "0"
 	if assign {
 		flag = "1"
@@ -128,7 +132,7 @@ func (s *RedisStore) queueMode() (assign string, agingMs int64) {
 	}
 	agingMs = s.queueAging.Load()
 	if agingMs <= 0 {
-		agingMs = DefaultAging.Milliseconds()
+		agingMs = DefaultAssignAging.Milliseconds()
 	}
 	return assign, agingMs
 }

@@ -32,7 +32,7 @@ func newFleetReplicaWith(t testing.TB, env redisEnv, opts RedisOptions, assign b
 		r.names = append(r.names, string(rune('a'+i)))
 	}
 	r.store.SetQueueMode(assign, 10*time.Second)
-	r.queue = NewWaitQueueWith(QueueOptions{Max: 1000, Aging: 10 * time.Second, Assign: assign})
+	r.queue = NewWaitQueueWith(QueueOptions{Max: 1000, Aging: 10 * time.Second, AssignAging: 10 * time.Second, Assign: assign})
 	r.adm = NewAdmission(AdmissionOptions{Store: r.store, Queue: r.queue, Backends: len(caps),
 		Free: func(i int) int { return caps[i] - r.store.Inflight(r.names[i]) }})
 	stop := r.store.Watch(func(backend string) {

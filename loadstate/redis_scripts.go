@@ -50,7 +50,7 @@ local function parse_ticket(raw)
 end
 -- serve hands free room on one backend to the tickets waiting for it, best
 -- first: first in line, or in assign mode the one it is worth most to (its
--- score less one point per aging it is behind the first). It grants until the
+-- score less one point per AssignAging it is behind the first). It grants until the
 -- backend is full or the queue empty, and returns whether it granted selfid
 -- (the caller's own ticket, not announced: the caller learns it from the
 -- reply). Grants are announced on the ticket's replica's channel only.
@@ -139,7 +139,7 @@ end
 //	ARGV[9]  the ticket's place in line past now, ms (its class's aging)
 //	ARGV[10] how long the ticket lives, ms
 //	ARGV[11] "1" for assign mode
-//	ARGV[12] aging, ms
+//	ARGV[12] the assignment's age scale (AssignAging), ms
 //	ARGV[12+i]   capacity of the i-th backend
 //	ARGV[12+n+i] its name
 //	ARGV[12+2n+i] its token capacity (0: none)
@@ -292,7 +292,7 @@ return reply
 //	ARGV[4]      prefix of the replicas' grant channels
 //	ARGV[5]      lease length, ms (of granted slots)
 //	ARGV[6]      "1" for assign mode
-//	ARGV[7]      aging, ms
+//	ARGV[7]      the assignment's age scale (AssignAging), ms
 //	ARGV[7+i]    member of the i-th lease
 //	ARGV[7+n+i]  backend name of the i-th lease
 //
@@ -406,7 +406,7 @@ return added
 //	ARGV[6+nb+i] "1" to add up its tokens in flight
 //	ARGV[7+2nb] prefix of the replicas' grant channels
 //	ARGV[8+2nb] "1" for assign mode
-//	ARGV[9+2nb] aging, ms
+//	ARGV[9+2nb] the assignment's age scale (AssignAging), ms
 //
 // Room freed on a backend without a release (expired leases) is handed to
 // the tickets waiting for it (see queueLua).

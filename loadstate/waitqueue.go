@@ -85,6 +85,7 @@ type WaitQueue struct {
 	per atomic.Pointer[[]atomic.Int32]
 
 	aging    time.Duration
+	ageScale time.Duration // assign mode: the age term's scale (AssignAging)
 	assign   bool
 	assigner engine.Assigner
 	now      func() time.Time
@@ -100,6 +101,13 @@ type WaitQueue struct {
 // DefaultAging is how much earlier arrival one priority class is worth.
 const DefaultAging = 5 * time.Second
 
+// DefaultAssignAging is the age term's scale in assign mode: a waiter one
+// second further back in line needs one more point of score (the whole
+// range of a capability) to win a slot over the one ahead. About the
+// service time of a typical request: waiting that much longer is worth as
+// much as being served by the best-suited backend rather than the worst.
+const DefaultAssignAging = time.Second
+
 // QueueOptions tune NewWaitQueueWith.
 type QueueOptions struct {
 	// Max is how many requests may wait at once.
@@ -109,6 +117,11 @@ type QueueOptions struct {
 	Aging time.Duration
 	// Assign selects assign mode (see WaitQueue).
 	Assign bool
+	// AssignAging is, in assign mode, the waiting time one point of score
+	// is worth: a slot goes to the waiter with the highest score less its
+	// distance behind the first in line in AssignAging units; 0 means
+	// DefaultAssignAging.
+	AssignAging time.Duration
 	// Now is the clock for ages; time.Now when nil.
 	Now func() time.Time
 	// BatchWindow, in assign mode, holds slots freed while requests wait
@@ -144,13 +157,16 @@ func NewWaitQueueWith(o QueueOptions) *WaitQueue {
 	if o.Aging <= 0 {
 		o.Aging = DefaultAging
 	}
+	if o.AssignAging <= 0 {
+		o.AssignAging = DefaultAssignAging
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
 	if o.AfterFunc == nil {
 		o.AfterFunc = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
 	}
-	q := &WaitQueue{max: o.Max, aging: o.Aging, assign: o.Assign, now: o.Now}
+	q := &WaitQueue{max: o.Max, aging: o.Aging, ageScale: o.AssignAging, assign: o.Assign, now: o.Now}
 	if o.Assign && o.BatchWindow > 0 {
 		q.window, q.afterFunc = o.BatchWindow, o.AfterFunc
 	}
@@ -358,14 +374,15 @@ func (t *Ticket) wakeFor(i int) {
 }
 
 // value is what giving a slot on backend i to t is worth in assign mode: its
-// score for i, less one point per Aging it is behind first in line (first,
-// the first waiter's key).
+// score for i, less one point per AssignAging it is behind first in line
+// (first, the first waiter's key; a class below adds Aging to the distance,
+// so classes keep their order unless a lower one waited that much longer).
 func (q *WaitQueue) value(t *Ticket, i int, first int64) float64 {
 	score := 0.0
 	if i < len(t.scores) {
 		score = t.scores[i]
 	}
-	return score - float64(t.key-first)/float64(q.aging)
+	return score - float64(t.key-first)/float64(q.ageScale)
 }
 
 // maxAssign bounds the waiters one assignment considers (the first in line):
