@@ -51,3 +51,23 @@ func TestStock(t *testing.T) {
 		t.Errorf("capped stock config: %+v", h)
 	}
 }
+
+// TestRouterCapabilities: a sim with capabilities declares each of them,
+// sorted by name, so model auto can choose by them; the others keep chat=0.8.
+func TestRouterCapabilities(t *testing.T) {
+	mixed := []simfleet.Sim{
+		{Name: "A", Slots: 4, Addr: "127.0.0.1:1", Capabilities: map[string]float64{"reasoning": 0.5, "chat": 0.6, "coding": 0.95}},
+		{Name: "B", Slots: 8, Addr: "127.0.0.1:2"},
+	}
+	got := Router("127.0.0.1:9", mixed, RouterOptions{Strategy: "optimal", MaxWait: 5 * time.Second, Redis: "127.0.0.1:7"})
+	for _, want := range []string{
+		"strategy optimal\n",
+		"backend A http://127.0.0.1:1 {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.6 coding=0.95 reasoning=0.5\n\t\t\tmax_inflight 4\n",
+		"backend B http://127.0.0.1:2 {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight 8\n",
+		"pool bench\n\t\tredis redis://127.0.0.1:7/0\n",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("config lacks %q:\n%s", want, got)
+		}
+	}
+}
