@@ -65,6 +65,11 @@ type RouterOptions struct {
 	// ExplainHeader, if set, is the router's explain_header: requests that
 	// carry it get the decision explained in a response header.
 	ExplainHeader string
+	// PriorityAging, if set, is the router's priority_aging: with one
+	// priority class it only matters to strategy optimal, whose age term
+	// takes one point of score per PriorityAging a waiter is behind the
+	// first in line. 0: the router's default.
+	PriorityAging time.Duration
 }
 
 // Router is model_router over the sims, every backend serving model "bench".
@@ -81,6 +86,9 @@ func Router(listen string, sims []simfleet.Sim, o RouterOptions) string {
 	}
 	if o.ExplainHeader != "" {
 		fmt.Fprintf(&b, "\t\texplain_header %s\n", o.ExplainHeader)
+	}
+	if o.PriorityAging > 0 {
+		fmt.Fprintf(&b, "\t\tpriority_aging %s\n", o.PriorityAging)
 	}
 	for _, s := range sims {
 		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities %s\n\t\t\tmax_inflight %d\n\t\t}\n",
