@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/modelrouter/modelrouter/bench/internal/loadgen"
 	"github.com/modelrouter/modelrouter/bench/internal/report"
@@ -34,9 +35,10 @@ type capabilityScore struct {
 
 // taskScore is the served requests of one task.
 type taskScore struct {
-	served int
-	total  float64
-	perSim map[string]int
+	served    int
+	total     float64
+	perSim    map[string]int
+	latencies []time.Duration
 }
 
 // mean is the score per served request, 0 when none was served.
@@ -73,6 +75,7 @@ func scoreOutcomes(outs []loadgen.Outcome, sims []simfleet.Sim) capabilityScore 
 		ts.served++
 		ts.total += c
 		ts.perSim[sim.Name]++
+		ts.latencies = append(ts.latencies, o.Latency)
 		sc.served++
 		sc.total += c
 	}
@@ -96,7 +99,8 @@ func bestScore(tasks []workload.TaskShare, sims []simfleet.Sim) float64 {
 }
 
 // printScores shows each contender's capability score, in all and by task,
-// with where each task's requests went.
+// with where each task's requests went and their p99 (whether one task pays
+// for another's score).
 func printScores(spec workload.Spec, sims []simfleet.Sim, contenders []*contender) map[string]capabilityScore {
 	names := simfleet.Names(sims)
 	scores := map[string]capabilityScore{}
@@ -105,7 +109,7 @@ func printScores(spec workload.Spec, sims []simfleet.Sim, contenders []*contende
 	t := &report.Table{Left: 1}
 	header := []string{"contender", "served", "total score", "mean"}
 	for _, task := range spec.Tasks {
-		header = append(header, task.Task+" mean", task.Task+" per sim "+strings.Join(names, "/"))
+		header = append(header, task.Task+" mean", "per sim "+strings.Join(names, "/"), "p99")
 	}
 	t.Row(header...)
 	for _, c := range contenders {
@@ -118,14 +122,15 @@ func printScores(spec workload.Spec, sims []simfleet.Sim, contenders []*contende
 		for _, task := range spec.Tasks {
 			ts := sc.byTask[task.Task]
 			if ts == nil {
-				row = append(row, "-", "-")
+				row = append(row, "-", "-", "-")
 				continue
 			}
 			var counts []string
 			for _, n := range names {
 				counts = append(counts, strconv.Itoa(ts.perSim[n]))
 			}
-			row = append(row, fmt.Sprintf("%.4f", ts.total/float64(ts.served)), strings.Join(counts, "/"))
+			row = append(row, fmt.Sprintf("%.4f", ts.total/float64(ts.served)), strings.Join(counts, "/"),
+				report.Ms(stats.Percentile(stats.Sorted(ts.latencies), 0.99)))
 		}
 		t.Row(row...)
 		if sc.unattributed > 0 {
