@@ -109,6 +109,11 @@ func printReport(o options, spec workload.Spec, sims []simfleet.Sim, contenders 
 		printBuckets(spec, sims, contenders)
 		printExplanations(spec, sims, contenders)
 	}
+	if len(spec.Tasks) > 0 {
+		scores := printScores(spec, sims, contenders)
+		printMixedTargets(contenders, results, scores)
+		return
+	}
 	printTargets(spec, contenders, results)
 }
 

@@ -5,6 +5,9 @@ package configs
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -62,11 +65,18 @@ type RouterOptions struct {
 	// ExplainHeader, if set, is the router's explain_header: requests that
 	// carry it get the decision explained in a response header.
 	ExplainHeader string
+	// PriorityAging, if set, is the router's priority_aging: with one
+	// priority class it only matters to strategy optimal, whose age term
+	// takes one point of score per PriorityAging a waiter is behind the
+	// first in line. 0: the router's default.
+	PriorityAging time.Duration
 }
 
-// Router is model_router over the sims, every backend serving the same
-// model with the same capability, so only load and latency tell them apart.
-// Backends get no speed hints: the router learns them.
+// Router is model_router over the sims, every backend serving model "bench".
+// A sim with Capabilities declares them (requests with model "auto" and the
+// capability header then choose by them); the others all declare chat=0.8,
+// so only load and latency tell them apart. Backends get no speed hints: the
+// router learns them.
 func Router(listen string, sims []simfleet.Sim, o RouterOptions) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s\nhttp://%s {\n\tmodel_router {\n\t\tstrategy %s\n\t\tmax_wait %s\n\t\tmax_queue 10000\n",
@@ -77,10 +87,25 @@ func Router(listen string, sims []simfleet.Sim, o RouterOptions) string {
 	if o.ExplainHeader != "" {
 		fmt.Fprintf(&b, "\t\texplain_header %s\n", o.ExplainHeader)
 	}
+	if o.PriorityAging > 0 {
+		fmt.Fprintf(&b, "\t\tpriority_aging %s\n", o.PriorityAging)
+	}
 	for _, s := range sims {
-		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight %d\n\t\t}\n",
-			s.Name, s.Addr, s.Slots)
+		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities %s\n\t\t\tmax_inflight %d\n\t\t}\n",
+			s.Name, s.Addr, capabilities(s), s.Slots)
 	}
 	b.WriteString("\t}\n}\n")
 	return b.String()
+}
+
+// capabilities is a sim's capabilities line: its own, by name, or chat=0.8.
+func capabilities(s simfleet.Sim) string {
+	if len(s.Capabilities) == 0 {
+		return "chat=0.8"
+	}
+	var parts []string
+	for _, task := range slices.Sorted(maps.Keys(s.Capabilities)) {
+		parts = append(parts, task+"="+strconv.FormatFloat(s.Capabilities[task], 'g', -1, 64))
+	}
+	return strings.Join(parts, " ")
 }

@@ -82,8 +82,8 @@ func OpenLoop(ctx context.Context, client *http.Client, urls []string, header ht
 	return out
 }
 
-// Send sends one chat request, with the extra header (may be nil), and reads
-// its answer; at is its scheduled arrival, which its times count from.
+// Send sends one chat request, with the extra header (may be nil) and, for a
+// request with a task, the capability header naming it, and reads its answer; at is its scheduled arrival, which its times count from.
 func Send(ctx context.Context, client *http.Client, url string, header http.Header, a workload.Arrival, at time.Time, timeout time.Duration) Outcome {
 	o := Outcome{Arrival: a}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -97,6 +97,9 @@ func Send(ctx context.Context, client *http.Client, url string, header http.Head
 		req.Header[k] = vs
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if a.Task != "" {
+		req.Header.Set(workload.CapabilityHeader, a.Task)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		o.Failure = "transport: " + err.Error()

@@ -37,7 +37,15 @@ type Sim struct {
 	Prefill  time.Duration // per prompt token, added to the time to first token
 	Tokens   int           // the sim's tokens: the answer's length unless max_tokens is lower
 	Addr     string        // host:port, set when the sims start
+	// Capabilities are the scores the router's config declares for the
+	// backend, by task (the mixed workload); nil: the benchmarks' one
+	// capability, the same for every sim.
+	Capabilities map[string]float64
 }
+
+// Capability is the score the sim's backend declares for task, 0 when it
+// declares none.
+func (s Sim) Capability(task string) float64 { return s.Capabilities[task] }
 
 // Service is how long the sim takes, in its slot, for a request with a
 // prompt of prompt tokens and an answer of out tokens: the first token after

@@ -239,3 +239,76 @@ func TestBody(t *testing.T) {
 		}
 	}
 }
+
+// TestMixedTasks: the mixed workload gives each task exactly its share of
+// the requests (40/30/30), in an order fixed by the seed, as model "auto";
+// its arrival times and sizes are wide's, and the other workloads have no
+// tasks.
+func TestMixedTasks(t *testing.T) {
+	mixed, err := Named("mixed", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide, _ := Named("wide", 0)
+	for _, n := range []int{1, 7, 10, 1001, 3000} {
+		a := Arrivals(n, 20, 0.5, 5, mixed)
+		counts := map[string]int{}
+		for _, arr := range a {
+			counts[arr.Task]++
+		}
+		total := 0
+		for _, share := range MixedTasks {
+			exact := float64(n) * share.Share
+			if got := counts[share.Task]; math.Abs(float64(got)-exact) >= 1 {
+				t.Errorf("n=%d: %d %s requests, want %.1f rounded", n, got, share.Task, exact)
+			}
+			total += counts[share.Task]
+		}
+		if total != n {
+			t.Errorf("n=%d: %d requests with a known task (%v)", n, total, counts)
+		}
+	}
+	a, b := Arrivals(1000, 20, 0.5, 5, mixed), Arrivals(1000, 20, 0.5, 5, mixed)
+	w := Arrivals(1000, 20, 0.5, 5, wide)
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("same seed, different arrival %d: %+v vs %+v", i, a[i], b[i])
+		}
+		if a[i].Offset != w[i].Offset || a[i].Output != w[i].Output || a[i].Prompt != w[i].Prompt || a[i].Stream != w[i].Stream {
+			t.Fatalf("arrival %d differs from wide's in more than its task: %+v vs %+v", i, a[i], w[i])
+		}
+		if w[i].Task != "" {
+			t.Fatalf("wide arrival %d has task %q", i, w[i].Task)
+		}
+	}
+	c := Arrivals(1000, 20, 0.5, 6, mixed)
+	if slices.EqualFunc(a[:50], c[:50], func(x, y Arrival) bool { return x.Task == y.Task }) {
+		t.Error("another seed gave the same order of tasks")
+	}
+	// Each task's requests are spread over the run, not bunched: the first
+	// and the second half each hold about half of every task.
+	firstHalf := map[string]int{}
+	for _, arr := range a[:500] {
+		firstHalf[arr.Task]++
+	}
+	for _, share := range MixedTasks {
+		if got, want := float64(firstHalf[share.Task]), 500*share.Share; math.Abs(got-want) > 0.25*want {
+			t.Errorf("%s: %v in the first half, want about %.0f", share.Task, got, want)
+		}
+	}
+}
+
+// TestMixedBody: a request with a task asks for model "auto".
+func TestMixedBody(t *testing.T) {
+	a := Arrival{Output: 40, MaxTokens: true, Prompt: 10, Task: "coding"}
+	var body struct {
+		Model     string `json:"model"`
+		MaxTokens int    `json:"max_tokens"`
+	}
+	if err := json.Unmarshal(a.Body(), &body); err != nil {
+		t.Fatal(err)
+	}
+	if body.Model != AutoModel || body.MaxTokens != 40 {
+		t.Errorf("body %s", a.Body())
+	}
+}
