@@ -120,7 +120,7 @@ func main() {
 	flag.IntVar(&o.tokens, "tokens", 32, "completion tokens per answer of the fixed workload")
 	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token, prefill); the arrival rate follows")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait and stock lb_try_duration")
-	flag.DurationVar(&o.aging, "priority-aging", 0, "model_router priority_aging of our contenders (with one class it only sets (co)'s age term: one point of score per this much waiting); 0: the router's default, 5s")
+	flag.DurationVar(&o.aging, "assign-aging", 0, "model_router assign_aging of the optimal contenders ((co) and its replicas): one point of score per this much waiting; 0: the router's default, 1s")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "client timeout per request")
 	flag.DurationVar(&o.warmup, "warmup", 10*time.Second, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns; 0: none)")
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")
@@ -137,7 +137,7 @@ func main() {
 		}
 	}
 	if o.requests < 1 || o.rounds < 1 || o.load <= 0 || o.stream < 0 || o.stream > 1 || o.tokens < 1 || o.scale <= 0 || o.replicas < 1 || o.maxWait <= 0 || o.timeout <= 0 || o.warmup < 0 || o.aging < 0 {
-		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive, -warmup and -priority-aging not negative; -stream in [0,1]")
+		fmt.Fprintln(os.Stderr, "quality: -requests, -rounds, -load, -tokens, -scale, -replicas, -max-wait and -timeout must be positive, -warmup and -assign-aging not negative; -stream in [0,1]")
 		os.Exit(2)
 	}
 	spec, err := workload.Named(o.workload, o.tokens)
@@ -312,7 +312,7 @@ func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
 		return func(listen string) (string, string) { return configs.Stock(listen, sims, capped, o.maxWait), "" }
 	}
 	ours := func(strategy, redis string, explain bool) func(string) (string, string) {
-		ro := configs.RouterOptions{Strategy: strategy, MaxWait: o.maxWait, Redis: redis, PriorityAging: o.aging}
+		ro := configs.RouterOptions{Strategy: strategy, MaxWait: o.maxWait, Redis: redis, AssignAging: o.aging}
 		if explain {
 			ro.ExplainHeader = explainRequestHeader
 		}
@@ -321,7 +321,7 @@ func selectContenders(o options, sims []simfleet.Sim) ([]*contender, error) {
 	cappedLabel := fmt.Sprintf("least_conn, per-upstream max_requests = slots, lb_try_duration %s, lb_try_interval 10ms", o.maxWait)
 	oursLabel := fmt.Sprintf("max_inflight = slots, max_wait %s", o.maxWait)
 	if o.aging > 0 {
-		oursLabel += fmt.Sprintf(", priority_aging %s", o.aging)
+		oursLabel += fmt.Sprintf(", assign_aging %s (optimal)", o.aging)
 	}
 	known := []*contender{
 		{key: "b", slug: "b", replicas: 1, label: "stock Caddy reverse_proxy, lb_policy least_conn", config: stock(false)},

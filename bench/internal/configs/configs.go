@@ -65,11 +65,11 @@ type RouterOptions struct {
 	// ExplainHeader, if set, is the router's explain_header: requests that
 	// carry it get the decision explained in a response header.
 	ExplainHeader string
-	// PriorityAging, if set, is the router's priority_aging: with one
-	// priority class it only matters to strategy optimal, whose age term
-	// takes one point of score per PriorityAging a waiter is behind the
-	// first in line. 0: the router's default.
-	PriorityAging time.Duration
+	// AssignAging, if set, is the router's assign_aging (strategy optimal
+	// only; ignored with another strategy): its age term takes one point of
+	// score per AssignAging a waiter is behind the first in line. 0: the
+	// router's default (1s).
+	AssignAging time.Duration
 }
 
 // Router is model_router over the sims, every backend serving model "bench".
@@ -87,8 +87,8 @@ func Router(listen string, sims []simfleet.Sim, o RouterOptions) string {
 	if o.ExplainHeader != "" {
 		fmt.Fprintf(&b, "\t\texplain_header %s\n", o.ExplainHeader)
 	}
-	if o.PriorityAging > 0 {
-		fmt.Fprintf(&b, "\t\tpriority_aging %s\n", o.PriorityAging)
+	if o.AssignAging > 0 && o.Strategy == "optimal" {
+		fmt.Fprintf(&b, "\t\tassign_aging %s\n", o.AssignAging)
 	}
 	for _, s := range sims {
 		fmt.Fprintf(&b, "\t\tbackend %s http://%s {\n\t\t\tmodels bench\n\t\t\tcapabilities %s\n\t\t\tmax_inflight %d\n\t\t}\n",

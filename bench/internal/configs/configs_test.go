@@ -20,7 +20,7 @@ func TestRouter(t *testing.T) {
 		}
 	}
 	plain := Router("127.0.0.1:9", sims, RouterOptions{Strategy: "balanced", MaxWait: time.Second})
-	if strings.Contains(plain, "explain_header") || strings.Contains(plain, "redis") || strings.Contains(plain, "priority_aging") {
+	if strings.Contains(plain, "explain_header") || strings.Contains(plain, "redis") || strings.Contains(plain, "assign_aging") {
 		t.Errorf("options not asked for are set:\n%s", plain)
 	}
 }
@@ -59,10 +59,10 @@ func TestRouterCapabilities(t *testing.T) {
 		{Name: "A", Slots: 4, Addr: "127.0.0.1:1", Capabilities: map[string]float64{"reasoning": 0.5, "chat": 0.6, "coding": 0.95}},
 		{Name: "B", Slots: 8, Addr: "127.0.0.1:2"},
 	}
-	got := Router("127.0.0.1:9", mixed, RouterOptions{Strategy: "optimal", MaxWait: 5 * time.Second, Redis: "127.0.0.1:7", PriorityAging: time.Second})
+	got := Router("127.0.0.1:9", mixed, RouterOptions{Strategy: "optimal", MaxWait: 5 * time.Second, Redis: "127.0.0.1:7", AssignAging: 2 * time.Second})
 	for _, want := range []string{
 		"strategy optimal\n",
-		"priority_aging 1s\n",
+		"assign_aging 2s\n",
 		"backend A http://127.0.0.1:1 {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.6 coding=0.95 reasoning=0.5\n\t\t\tmax_inflight 4\n",
 		"backend B http://127.0.0.1:2 {\n\t\t\tmodels bench\n\t\t\tcapabilities chat=0.8\n\t\t\tmax_inflight 8\n",
 		"pool bench\n\t\tredis redis://127.0.0.1:7/0\n",
