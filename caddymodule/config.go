@@ -89,7 +89,8 @@ type Handler struct {
 	// request overtakes one that arrived at most AssignAging × (its score
 	// advantage) earlier, and none is starved. Set it near the typical
 	// request's service time: larger favours capability, smaller arrival
-	// order (and the tail latency). Default: 1s.
+	// order (and the tail latency). Default: 500ms (see
+	// loadstate.DefaultAssignAging for how it was chosen).
 	AssignAging caddy.Duration `json:"assign_aging,omitempty"`
 
 	// ExplainHeader, when set, names a request header: a request that

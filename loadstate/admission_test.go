@@ -563,8 +563,8 @@ func TestWaitQueueAssignAging(t *testing.T) {
 		behind   time.Duration // how much later the better-suited one arrived
 		overtake bool
 	}{
-		{"default 1s, 300ms behind", 0, 300 * time.Millisecond, true},
-		{"default 1s, 500ms behind", 0, 500 * time.Millisecond, false},
+		{"default 500ms, 150ms behind", 0, 150 * time.Millisecond, true},
+		{"default 500ms, 250ms behind", 0, 250 * time.Millisecond, false},
 		{"2s, 500ms behind", 2 * time.Second, 500 * time.Millisecond, true},
 		{"2s, 900ms behind", 2 * time.Second, 900 * time.Millisecond, false},
 	} {

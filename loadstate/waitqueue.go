@@ -101,12 +101,16 @@ type WaitQueue struct {
 // DefaultAging is how much earlier arrival one priority class is worth.
 const DefaultAging = 5 * time.Second
 
-// DefaultAssignAging is the age term's scale in assign mode: a waiter one
-// second further back in line needs one more point of score (the whole
-// range of a capability) to win a slot over the one ahead. About the
-// service time of a typical request: waiting that much longer is worth as
-// much as being served by the best-suited backend rather than the worst.
-const DefaultAssignAging = time.Second
+// DefaultAssignAging is the age term's scale in assign mode: a waiter half
+// a second further back in line needs one more point of score (the whole
+// range of a capability) to win a slot over the one ahead, so a
+// better-suited request overtakes by at most half a second times its score
+// advantage. Measured on bench/quality -workload mixed (capabilities 0.5 to
+// 0.95, service about 0.76 s, 100% load), total capability score and p99
+// against first come, first served were: 5 s +16% and 1.11×, 1 s +12% and
+// 1.005×, 0.5 s +9% and 0.98×: 0.5 s is the largest tried that costs no
+// tail latency there.
+const DefaultAssignAging = 500 * time.Millisecond
 
 // QueueOptions tune NewWaitQueueWith.
 type QueueOptions struct {

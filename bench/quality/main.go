@@ -120,7 +120,7 @@ func main() {
 	flag.IntVar(&o.tokens, "tokens", 32, "completion tokens per answer of the fixed workload")
 	flag.Float64Var(&o.scale, "scale", 1, "multiplies every sim delay (ttft, per_token, prefill); the arrival rate follows")
 	flag.DurationVar(&o.maxWait, "max-wait", 5*time.Second, "model_router max_wait and stock lb_try_duration")
-	flag.DurationVar(&o.aging, "assign-aging", 0, "model_router assign_aging of the optimal contenders ((co) and its replicas): one point of score per this much waiting; 0: the router's default, 1s")
+	flag.DurationVar(&o.aging, "assign-aging", 0, "model_router assign_aging of the optimal contenders ((co) and its replicas): one point of score per this much waiting; 0: the router's default, 500ms")
 	flag.DurationVar(&o.timeout, "timeout", 60*time.Second, "client timeout per request")
 	flag.DurationVar(&o.warmup, "warmup", 10*time.Second, "unmeasured traffic before each contender's turn in each round (the learned latency model forgets in 1 minute, and a contender waits for the others' turns; 0: none)")
 	flag.IntVar(&o.replicas, "replicas", 1, "with N > 1, add N stock replicas of (b'), and N model_router replicas when -redis is set")

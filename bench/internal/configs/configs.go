@@ -68,7 +68,7 @@ type RouterOptions struct {
 	// AssignAging, if set, is the router's assign_aging (strategy optimal
 	// only; ignored with another strategy): its age term takes one point of
 	// score per AssignAging a waiter is behind the first in line. 0: the
-	// router's default (1s).
+	// router's default (500ms).
 	AssignAging time.Duration
 }
 
