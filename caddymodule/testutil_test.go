@@ -372,8 +372,26 @@ func freePort(t *testing.T) int {
 }
 
 // closedURL returns the URL of a port nothing listens on: connecting is refused.
+//
+// The port stays bound (a socket bound to it that never listens, closed
+// when the test ends), so connections to it are refused, and no other
+// server of a test running in parallel can be handed the same port: a
+// port merely closed after use could be, and then it would answer.
 func closedURL(t *testing.T) string {
-	return "http://127.0.0.1:" + strconv.Itoa(freePort(t))
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	return "http://127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
 }
 
 // upstream is a real HTTP backend that echoes what it received and records
