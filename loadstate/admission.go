@@ -170,6 +170,10 @@ func (a *Admission) ByClass(classes int, now time.Time) []ClassWait {
 type fleetWaiters struct {
 	n   atomic.Int64
 	mu  sync.Mutex
+	// places reserved by requests whose round trip to join the queue is
+	// under way (under mu): max_queue counts them, so a burst of arrivals
+	// cannot all pass the check before any of them is counted.
+	reserved int
 	set map[*fleetWait]struct{}
 	per []atomic.Int64 // waiters per backend; written under mu
 }
@@ -208,6 +212,26 @@ func (f *fleetWaiters) setWantsLocked(fw *fleetWait, wants BackendSet) {
 			f.per[i].Add(1)
 		}
 	}
+}
+
+// reserve takes a place in line for a request about to ask Redis for a slot
+// or a place, if this replica's waiters (local, in the fleet's line and
+// reserved) are fewer than max; unreserve gives it back once the answer is
+// known (enter then counts the request if it queued).
+func (f *fleetWaiters) reserve(local, max int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if local+int(f.n.Load())+f.reserved >= max {
+		return false
+	}
+	f.reserved++
+	return true
+}
+
+func (f *fleetWaiters) unreserve() {
+	f.mu.Lock()
+	f.reserved--
+	f.mu.Unlock()
 }
 
 func (f *fleetWaiters) leave(fw *fleetWait) {
@@ -506,11 +530,25 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			try = nil // full as far as this replica knows: wait for them
 		}
 		var ticket *QueueTicket
-		if !w.Shed && (queued != nil || a.Waiting() < a.Queue.max) {
+		reserved := false
+		if !w.Shed && (queued != nil || a.fleet.reserve(a.Queue.Len(), a.Queue.max)) {
+			reserved = queued == nil
 			ticket = a.ticket(w, plan, maxWait)
 		}
 		slots, _ := w.Slots(try)
 		name, inQueue, err := fq.AcquireOrQueue(budget, w.ID, slots, ticket)
+		if inQueue && queued == nil {
+			queued = a.fleet.enter(start, w.Class, plan.Wants)
+			w.adm, w.fleetW = a, queued
+			if a.Entered != nil {
+				a.Entered()
+			}
+		} else if queued != nil {
+			a.fleet.setWants(queued, plan.Wants)
+		}
+		if reserved {
+			a.fleet.unreserve() // counted by enter now, if it queued
+		}
 		chosen := -1
 		if name != "" {
 			chosen = w.Index(name)
@@ -532,15 +570,6 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 				return -1, 0, errFleetInterrupted // decided locally: Redis is down
 			}
 			return -1, 0, ErrWaitTimeout // nothing to wait for
-		}
-		if queued == nil {
-			queued = a.fleet.enter(start, w.Class, plan.Wants)
-			w.adm, w.fleetW = a, queued
-			if a.Entered != nil {
-				a.Entered()
-			}
-		} else {
-			a.fleet.setWants(queued, plan.Wants)
 		}
 	wait:
 		if a.parked != nil {

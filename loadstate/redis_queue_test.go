@@ -598,3 +598,58 @@ func TestFleetQueuePatienceLeaveStalls(t *testing.T) {
 	waitFor(t, 10*time.Second, "Redis to answer again", func() bool { return r.store.Release(context.Background(), "patient", "b") == nil })
 	waitFor(t, 10*time.Second, "the holder's release", func() bool { return r.store.Release(context.Background(), "holder", "a") == nil })
 }
+
+// TestFleetQueueBoundUnderBurst: max_queue holds when a burst of requests
+// arrives at once and each asks Redis for a slot or a place in the same
+// round trip: a place is reserved before the call, so only max_queue of
+// them wait and the rest are refused at once.
+func TestFleetQueueBoundUnderBurst(t *testing.T) {
+	env := standaloneEnv(redistest.Start(t))
+	// A lease far longer than the test: the holder's slot must not come
+	// free on a slow machine while the burst is counted.
+	r := newFleetReplicaWith(t, env, RedisOptions{Pool: newTestPool(), ReplicaID: "a", Heartbeat: 100 * time.Millisecond, Lease: time.Minute}, false, 1)
+	r.queue = NewWaitQueueWith(QueueOptions{Max: 2, Aging: 10 * time.Second})
+	r.adm = NewAdmission(AdmissionOptions{Store: r.store, Queue: r.queue, Backends: 1,
+		Free: func(i int) int { return r.caps[i] - r.store.Inflight(r.names[i]) }})
+	if res := <-r.admit(context.Background(), r.waiter("holder", 0, nil, 0), time.Second); res.backend != 0 {
+		t.Fatalf("holder: %+v", res)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const burst = 12
+	done := make(chan admitted, burst)
+	var ready sync.WaitGroup
+	ready.Add(burst)
+	begin := make(chan struct{})
+	for k := range burst {
+		w := r.waiter(fmt.Sprintf("burst-%d", k), 0, nil, 0)
+		go func() {
+			ready.Done()
+			<-begin
+			b, waited, err := r.adm.Admit(ctx, w, time.Minute)
+			done <- admitted{b, waited, err}
+		}()
+	}
+	ready.Wait()
+	close(begin)
+	for k := 0; k < burst-2; k++ {
+		select {
+		case res := <-done:
+			if !errors.Is(res.err, ErrQueueFull) {
+				t.Fatalf("refusal %d: %+v, want ErrQueueFull (the line holds 2)", k, res)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d of %d refused at once: more than max_queue 2 are waiting (%d tickets)", k, burst-2, ticketsWaiting(t, r))
+		}
+	}
+	if n, local := ticketsWaiting(t, r), r.adm.Waiting(); n != 2 || local != 2 {
+		t.Errorf("%d tickets in Redis, %d waiting here; want 2 (max_queue)", n, local)
+	}
+	cancel()
+	for range 2 {
+		if res := <-done; !errors.Is(res.err, context.Canceled) {
+			t.Errorf("a waiter after cancel: %+v", res)
+		}
+	}
+	mustRelease(t, r.store, "holder", "a")
+}
