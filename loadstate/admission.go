@@ -168,14 +168,14 @@ func (a *Admission) ByClass(classes int, now time.Time) []ClassWait {
 // request's ranking), and when each arrived and its class (under mu, for
 // operators).
 type fleetWaiters struct {
-	n   atomic.Int64
-	mu  sync.Mutex
+	n  atomic.Int64
+	mu sync.Mutex
 	// places reserved by requests whose round trip to join the queue is
 	// under way (under mu): max_queue counts them, so a burst of arrivals
 	// cannot all pass the check before any of them is counted.
 	reserved int
-	set map[*fleetWait]struct{}
-	per []atomic.Int64 // waiters per backend; written under mu
+	set      map[*fleetWait]struct{}
+	per      []atomic.Int64 // waiters per backend; written under mu
 }
 
 type fleetWait struct {
