@@ -465,7 +465,7 @@ func (rt *routing) full(msg string) *apiError {
 	if rt.h.FullStatus == http.StatusTooManyRequests {
 		e.Type = "rate_limit_error" // what OpenAI's clients expect with a 429
 	}
-	e.RetryAfter, e.Jitter = rt.h.drainTime(), true
+	e.RetryAfter, e.Jitter = rt.h.drainTime(func(i int) bool { return rt.h.strategy.Eligible(&rt.req, &rt.pool, i) }), true
 	return e
 }
 
@@ -478,15 +478,20 @@ const (
 
 // drainTime estimates how long the requests now waiting take to be served:
 // the queue's length over the pool's recent service rate, Σ max_inflight ÷
-// mean service time over the backends whose service time is known (with
+// mean service time over the backends that could serve the request
+// (serves; nil: all) whose service time is known, so that a backend of
+// another model, or one draining or cooling down, does not count (with
 // Redis, the queue is the fleet's: RedisStore.FleetWaiting). It is
 // the Retry-After (jittered) of a request refused as full, bounded to
 // [1s, 30s]; 1s while nothing is known.
-func (h *Handler) drainTime() time.Duration {
+func (h *Handler) drainTime(serves func(i int) bool) time.Duration {
 	view := h.learned.get(h, now())
 	current := h.currentView() // max_inflight as overridden
 	var rate float64           // requests per second
 	for i := range h.backends {
+		if serves != nil && !serves(i) {
+			continue
+		}
 		var svc time.Duration
 		for _, p := range view.backends[i].perf {
 			svc = max(svc, p.MeanService)

@@ -23,7 +23,7 @@ func TestDrainTime(t *testing.T) {
 		views:     new(viewCache),
 	}
 	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{Queue: h.queue, Backends: 2})
-	if d := h.drainTime(); d != minRetryAfter {
+	if d := h.drainTime(nil); d != minRetryAfter {
 		t.Fatalf("nothing known: %v, want %v", d, minRetryAfter)
 	}
 	// a serves 4 at a time in 2s, b 6 at a time in 3s: 4 requests a second.
@@ -37,13 +37,18 @@ func TestDrainTime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if d := h.drainTime(); d != 5*time.Second {
+	if d := h.drainTime(nil); d != 5*time.Second {
 		t.Fatalf("20 requests at 4 a second: %v, want 5s", d)
+	}
+	// Only a can serve the request (b serves another model, or drains):
+	// 2 a second.
+	if d := h.drainTime(func(i int) bool { return i == 0 }); d != 10*time.Second {
+		t.Fatalf("20 requests at a's 2 a second: %v, want 10s", d)
 	}
 	for range 500 {
 		_, _ = h.queue.Enter(loadstate.NewBackendSet(2))
 	}
-	if d := h.drainTime(); d != maxRetryAfter {
+	if d := h.drainTime(nil); d != maxRetryAfter {
 		t.Fatalf("a long queue: %v, want the bound %v", d, maxRetryAfter)
 	}
 }

@@ -352,6 +352,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := checkOptimalOnly("batch_window", h.BatchWindow, h.Strategy); err != nil {
 		return fmt.Errorf("%w, at %s", err, at["batch_window"])
 	}
+	if err := checkBatchWindowFits(h.BatchWindow, h.MaxWait); err != nil {
+		return fmt.Errorf("%w, at %s", err, at["batch_window"])
+	}
 	if err := checkOptimalOnly("assign_aging", h.AssignAging, h.Strategy); err != nil {
 		return fmt.Errorf("%w, at %s", err, at["assign_aging"])
 	}

@@ -143,8 +143,8 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		{"batch window not a duration", "strategy optimal\n\tbatch_window soon\n" + backend, "duration of 0 or more", 3},
 		{"batch window negative", "strategy optimal\n\tbatch_window -1ms\n" + backend, "duration of 0 or more", 3},
 		{"assign aging without optimal", "strategy fastest\n\tassign_aging 2s\n" + backend, `assign_aging applies to strategy optimal only (strategy is "fastest")`, 3},
-		{"assign aging zero", "strategy optimal\n\tassign_aging 0\n" + backend, "positive duration", 3},
-		{"assign aging without optimal", "strategy fastest\n\tassign_aging 2s\n" + backend, `assign_aging applies to strategy optimal only (strategy is "fastest")`, 3},
+		{"batch window not below max_wait", "strategy optimal\n\tmax_wait 1s\n\tbatch_window 1s\n" + backend, "batch_window 1s must be shorter than max_wait 1s", 4},
+		{"batch window over the default max_wait", "strategy optimal\n\tbatch_window 1h\n" + backend, "shorter than max_wait 2s", 3},
 		{"assign aging zero", "strategy optimal\n\tassign_aging 0\n" + backend, "positive duration", 3},
 	}
 	for _, tt := range tests {
@@ -232,8 +232,7 @@ func TestValidateJSON(t *testing.T) {
 		{"batch_window without optimal", strings.Replace(ok, "{", `{"batch_window": 5000000, `, 1), "batch_window applies to strategy optimal only"},
 		{"negative batch_window", strings.Replace(ok, "{", `{"strategy": "optimal", "batch_window": -1, `, 1), "batch_window must not be negative"},
 		{"assign_aging without optimal", strings.Replace(ok, "{", `{"assign_aging": 2000000000, `, 1), "assign_aging applies to strategy optimal only"},
-		{"negative assign_aging", strings.Replace(ok, "{", `{"strategy": "optimal", "assign_aging": -1, `, 1), "assign_aging must not be negative"},
-		{"assign_aging without optimal", strings.Replace(ok, "{", `{"assign_aging": 2000000000, `, 1), "assign_aging applies to strategy optimal only"},
+		{"batch_window not below max_wait", strings.Replace(ok, "{", `{"strategy": "optimal", "batch_window": 3600000000000, `, 1), "must be shorter than max_wait 2s"},
 		{"negative assign_aging", strings.Replace(ok, "{", `{"strategy": "optimal", "assign_aging": -1, `, 1), "assign_aging must not be negative"},
 	}
 	for _, tt := range tests {

@@ -361,6 +361,9 @@ func (h *Handler) validate() error {
 	if err := checkOptimalOnly("batch_window", h.BatchWindow, h.Strategy); err != nil {
 		return err
 	}
+	if err := checkBatchWindowFits(h.BatchWindow, h.MaxWait); err != nil {
+		return err
+	}
 	if err := checkOptimalOnly("assign_aging", h.AssignAging, h.Strategy); err != nil {
 		return err
 	}
@@ -584,6 +587,18 @@ func checkPriorities(classes []string, def string, shed []string) error {
 		if !seen[strings.ToLower(c)] {
 			return fmt.Errorf("sheddable class %q is not one of the priorities", c)
 		}
+	}
+	return nil
+}
+
+// checkBatchWindowFits: a batch window at least as long as max_wait would
+// hold freed slots until the requests waiting for them time out.
+func checkBatchWindowFits(w, maxWait caddy.Duration) error {
+	if maxWait <= 0 {
+		maxWait = caddy.Duration(defaultMaxWait)
+	}
+	if w > 0 && w >= maxWait {
+		return fmt.Errorf("batch_window %s must be shorter than max_wait %s (a few milliseconds is typical)", time.Duration(w), time.Duration(maxWait))
 	}
 	return nil
 }
