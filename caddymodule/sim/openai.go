@@ -46,15 +46,32 @@ type inferenceRequest struct {
 	StreamOptions *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
-	MaxTokens           *int            `json:"max_tokens"`
-	MaxCompletionTokens *int            `json:"max_completion_tokens"`
-	MaxOutputTokens     *int            `json:"max_output_tokens"`
+	MaxTokens           *tokenCount     `json:"max_tokens"`
+	MaxCompletionTokens *tokenCount     `json:"max_completion_tokens"`
+	MaxOutputTokens     *tokenCount     `json:"max_output_tokens"`
 	Messages            json.RawMessage `json:"messages"`
 	Prompt              json.RawMessage `json:"prompt"`
 	Input               json.RawMessage `json:"input"`
 	Instructions        string          `json:"instructions"`
 	Dimensions          int             `json:"dimensions"`
 	EncodingFormat      string          `json:"encoding_format"`
+}
+
+// tokenCount is a count of tokens given as any JSON number with a whole
+// value (100, 1e2, 100.0), as lenient servers (pydantic's lax mode, which
+// vLLM's OpenAI server uses) and the router accept; a fraction is an error.
+type tokenCount int
+
+func (c *tokenCount) UnmarshalJSON(b []byte) error {
+	var f float64
+	if err := json.Unmarshal(b, &f); err != nil {
+		return err
+	}
+	if f != math.Trunc(f) || math.Abs(f) > math.MaxInt32 {
+		return fmt.Errorf("%s is not a whole number of tokens", b)
+	}
+	*c = tokenCount(f)
+	return nil
 }
 
 // requestError is a client mistake, answered with 400 and the offending
@@ -75,7 +92,7 @@ func parseRequest(k kind, body []byte) (*inferenceRequest, error) {
 	}
 	for _, limit := range []struct {
 		param string
-		value *int
+		value *tokenCount
 	}{
 		{"max_tokens", req.MaxTokens},
 		{"max_completion_tokens", req.MaxCompletionTokens},
@@ -101,9 +118,9 @@ func parseRequest(k kind, body []byte) (*inferenceRequest, error) {
 
 // tokenLimit is the request's cap on generated tokens, 0 if none.
 func (req *inferenceRequest) tokenLimit() int {
-	for _, v := range []*int{req.MaxCompletionTokens, req.MaxTokens, req.MaxOutputTokens} {
+	for _, v := range []*tokenCount{req.MaxCompletionTokens, req.MaxTokens, req.MaxOutputTokens} {
 		if v != nil {
-			return *v
+			return int(*v)
 		}
 	}
 	return 0

@@ -564,3 +564,32 @@ func TestResetKeepsLiveGauges(t *testing.T) {
 		t.Errorf("after the request: %+v", st)
 	}
 }
+
+// TestParseTokenCounts: max_tokens and its aliases take any JSON number with
+// a whole value, as the router does; fractions, strings and counts under 1
+// are the client's error.
+func TestParseTokenCounts(t *testing.T) {
+	for _, tt := range []struct {
+		body string
+		want int // 0: an error
+	}{
+		{`{"model":"m","max_tokens":3}`, 3},
+		{`{"model":"m","max_tokens":1e2}`, 100},
+		{`{"model":"m","max_completion_tokens":64.0}`, 64},
+		{`{"model":"m","max_output_tokens":7}`, 7},
+		{`{"model":"m","max_tokens":1.5}`, 0},
+		{`{"model":"m","max_tokens":"9"}`, 0},
+		{`{"model":"m","max_tokens":0}`, 0},
+		{`{"model":"m","max_tokens":1e999}`, 0},
+	} {
+		req, err := parseRequest(kindChat, []byte(tt.body))
+		switch {
+		case tt.want == 0 && err == nil:
+			t.Errorf("%s: accepted, want an error", tt.body)
+		case tt.want != 0 && err != nil:
+			t.Errorf("%s: %v", tt.body, err)
+		case tt.want != 0 && req.tokenLimit() != tt.want:
+			t.Errorf("%s: limit %d, want %d", tt.body, req.tokenLimit(), tt.want)
+		}
+	}
+}
