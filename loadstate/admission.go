@@ -96,6 +96,9 @@ type Waiter struct {
 	adm    *Admission
 	ticket *Ticket
 	fleetW *fleetWait
+	// arrived is when Admit began: its place in line, kept when it joins
+	// a line again or moves between the fleet's and the local one.
+	arrived time.Time
 }
 
 // Ahead is, while the request waits, how many of this replica's waiting
@@ -318,6 +321,7 @@ func (a *Admission) Admit(ctx context.Context, w *Waiter, maxWait time.Duration)
 	// retries an acquire in doubt within it rather than guess).
 	budget, cancel := context.WithTimeout(ctx, maxWait)
 	defer cancel()
+	w.arrived = a.Clock.Now() // its place in line, in whichever line it waits
 	plan, err := w.Plan(false, false)
 	if err != nil {
 		return -1, 0, err
@@ -390,7 +394,7 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 	}
 
 	start := a.Clock.Now()
-	ticket, err := a.Queue.EnterClass(plan.Wants, w.Class, start)
+	ticket, err := a.Queue.EnterClass(plan.Wants, w.Class, w.arrived)
 	if err != nil {
 		return -1, 0, err
 	}
@@ -534,11 +538,14 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 		if !w.Shed && (queued != nil || a.fleet.reserve(a.Queue.Len(), a.Queue.max)) {
 			reserved = queued == nil
 			ticket = a.ticket(w, plan, maxWait)
+			if ticket != nil {
+				ticket.Waited = a.Clock.Now().Sub(w.arrived)
+			}
 		}
 		slots, _ := w.Slots(try)
 		name, inQueue, err := fq.AcquireOrQueue(budget, w.ID, slots, ticket)
 		if inQueue && queued == nil {
-			queued = a.fleet.enter(start, w.Class, plan.Wants)
+			queued = a.fleet.enter(w.arrived, w.Class, plan.Wants)
 			w.adm, w.fleetW = a, queued
 			if a.Entered != nil {
 				a.Entered()

@@ -111,7 +111,7 @@ func (s *RedisStore) acquireRedis(ctx context.Context, id string, states []*back
 		tk := q.ticket
 		aging := max(tk.Aging, time.Millisecond).Milliseconds()
 		args[6] = id
-		args[8] = int64(tk.Class) * aging
+		args[8] = int64(tk.Class)*aging - tk.Waited.Milliseconds()
 		args[11] = aging
 		args[9] = max(tk.TTL, t.Lease).Milliseconds()
 		if tk.Assign {

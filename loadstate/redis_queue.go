@@ -27,6 +27,11 @@ type QueueTicket struct {
 	// TTL is how long the ticket may wait: a ticket whose waiter gave up
 	// without leaving (it died) lapses after it.
 	TTL time.Duration
+	// Waited is how long the request has waited already: its place in line
+	// is that much before now, so a request that joins again (its patience
+	// for better backends ran out, or it moves from a replica's local line)
+	// keeps its place instead of going to the back.
+	Waited time.Duration
 }
 
 // FleetQueue is a Store whose wait queue is shared by every replica of the

@@ -653,3 +653,61 @@ func TestFleetQueueBoundUnderBurst(t *testing.T) {
 	}
 	mustRelease(t, r.store, "holder", "a")
 }
+
+// TestFleetQueueRejoinKeepsPlace: a request whose patience for a better
+// backend ran out joins the line again for any backend at its old place,
+// not behind a request that arrived after it.
+func TestFleetQueueRejoinKeepsPlace(t *testing.T) {
+	env := standaloneEnv(redistest.Start(t))
+	r := newFleetReplicaWith(t, env, RedisOptions{Pool: newTestPool(), ReplicaID: "a", Heartbeat: 100 * time.Millisecond, Lease: time.Minute}, false, 1, 1)
+	for _, h := range []struct {
+		id string
+		b  int
+	}{{"holder-a", 0}, {"holder-b", 1}} {
+		if res := <-r.admit(context.Background(), r.waiter(h.id, 0, nil, h.b), time.Second); res.backend != h.b {
+			t.Fatalf("%s: %+v", h.id, res)
+		}
+	}
+	better, any := NewBackendSet(2), NewBackendSet(2)
+	better.Add(0)
+	any.Add(0)
+	any.Add(1)
+	rerank := make(chan struct{}) // closed once the later request waits
+	var mu sync.Mutex
+	plans := 0
+	first := r.waiter("first", 0, nil, 0, 1)
+	first.Plan = func(woken, settled bool) (Plan, error) {
+		mu.Lock()
+		plans++
+		n := plans
+		mu.Unlock()
+		switch {
+		case n == 1:
+			return Plan{Try: []int{0}, Wants: better, Patience: 20 * time.Millisecond}, nil
+		case !settled:
+			<-rerank // its patience ran out: ranked again once "later" waits
+		}
+		return Plan{Try: []int{0, 1}, Wants: any}, nil
+	}
+	firstDone := r.admit(context.Background(), first, time.Minute)
+	waitFor(t, 10*time.Second, "the first request's ticket", func() bool { return ticketsWaiting(t, r) == 1 })
+	laterDone := r.admit(context.Background(), r.waiter("later", 0, nil, 0, 1), time.Minute)
+	waitFor(t, 10*time.Second, "the later request's ticket", func() bool { return ticketsWaiting(t, r) == 2 })
+	close(rerank)
+	// The first one leaves and joins again for any backend: two tickets.
+	waitFor(t, 10*time.Second, "the first request to join again", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return plans >= 3 && ticketsWaiting(t, r) == 2
+	})
+	mustRelease(t, r.store, "holder-b", "b")
+	if res := <-firstDone; res.err != nil || res.backend != 1 {
+		t.Fatalf("first: %+v, want b's freed slot: it arrived before the later one", res)
+	}
+	mustRelease(t, r.store, "first", "b")
+	if res := <-laterDone; res.err != nil || res.backend != 1 {
+		t.Fatalf("later: %+v", res)
+	}
+	mustRelease(t, r.store, "later", "b")
+	mustRelease(t, r.store, "holder-a", "a")
+}

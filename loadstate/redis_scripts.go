@@ -136,7 +136,8 @@ end
 //	ARGV[6]  prefix of the replicas' grant channels
 //	ARGV[7]  ticket id ("": do not queue)
 //	ARGV[8]  this replica's id
-//	ARGV[9]  the ticket's place in line past now, ms (its class's aging)
+//	ARGV[9]  the ticket's place in line relative to now, ms (its class's
+//	         aging, less how long it has waited already)
 //	ARGV[10] how long the ticket lives, ms
 //	ARGV[11] "1" for assign mode
 //	ARGV[12] the assignment's age scale (AssignAging), ms
