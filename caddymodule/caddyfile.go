@@ -555,29 +555,29 @@ func floatArg(d *caddyfile.Dispenser) (float64, error) {
 }
 
 func durationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
-	key := d.Val()
-	v, err := oneArg(d)
-	if err != nil {
-		return 0, err
-	}
-	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur <= 0 {
-		return 0, d.Errf("%s: %q must be a positive duration such as 2s", key, v)
-	}
-	return caddy.Duration(dur), nil
+	return durationArgFrom(d, false)
 }
 
 // nonNegativeDurationArg reads the one argument of the current option as a
 // duration of zero or more: for options whose default, 0, may be written out.
 func nonNegativeDurationArg(d *caddyfile.Dispenser) (caddy.Duration, error) {
+	return durationArgFrom(d, true)
+}
+
+// durationArgFrom reads the one argument of the current option as a
+// duration, positive or (zero) also 0.
+func durationArgFrom(d *caddyfile.Dispenser, zero bool) (caddy.Duration, error) {
 	key := d.Val()
 	v, err := oneArg(d)
 	if err != nil {
 		return 0, err
 	}
 	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur < 0 {
+	switch {
+	case zero && (err != nil || dur < 0):
 		return 0, d.Errf("%s: %q must be a duration of 0 or more such as 5ms", key, v)
+	case !zero && (err != nil || dur <= 0):
+		return 0, d.Errf("%s: %q must be a positive duration such as 2s", key, v)
 	}
 	return caddy.Duration(dur), nil
 }
