@@ -31,6 +31,10 @@ type scratch struct {
 	assign  []engine.Candidate
 	// decision is the ranking of the last acquire (routing.decision).
 	decision []engine.Candidate
+	// rest is what a plan ranked but left out of its attempt (see
+	// engine.WorthHoldingOut), and decisionRest its copy for the last
+	// acquire (routing.rest).
+	rest, decisionRest []engine.Candidate
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
@@ -56,6 +60,7 @@ type routing struct {
 	// logging); decision holds the ranking the slot was taken from.
 	explain  bool
 	decision []engine.Candidate
+	rest     []engine.Candidate // ranked with room, but left out of that attempt
 	// class is the request's priority class (index into the priorities,
 	// 0 the highest).
 	class int
@@ -254,7 +259,11 @@ func (rt *routing) unhealthy() *apiError {
 // the request then waits for those backends only, re-ranking on every wake,
 // for as long as the wait still pays: its predicted wait plus half the
 // predicted gain over the best backend with room (its patience). Past that, it
-// takes the best backend with room, or waits for any.
+// takes the best backend with room, or waits for any. Likewise, when the
+// store refuses the backends with room that are predicted much better than
+// the others with room (another request took their last slot since the
+// ranking), the request waits for them a while rather than fall through to a
+// much slower one (see engine.WorthHoldingOut).
 func (rt *routing) acquire() (int, *apiError) {
 	h := rt.h
 	w := &loadstate.Waiter{ID: rt.id, Class: rt.class, Shed: h.shed[rt.class], Plan: rt.plan, Slots: rt.slots, Settle: rt.settle,
@@ -299,16 +308,27 @@ func (rt *routing) plan(woken, settled bool) (loadstate.Plan, error) {
 		return loadstate.Plan{}, apiErr
 	}
 	var p loadstate.Plan
-	worth := 0 // the leading candidates worth waiting for
+	worth := 0    // the leading candidates worth waiting for
+	hold := false // they have room: hold out for them if the store refuses them
 	if !settled {
 		worth, p.Patience = engine.WorthWaiting(&rt.req, ranked)
-		if rt.firstPatience == 0 {
+		if worth == 0 {
+			worth, p.Patience = engine.WorthHoldingOut(&rt.req, ranked)
+			hold = worth > 0
+		}
+		if rt.firstPatience == 0 && !hold {
 			rt.firstPatience = p.Patience
 		}
 	}
 	better := p.Patience > 0
 	p.Wants = rt.wants(ranked[:worth], better)
+	rt.sc.rest = rt.sc.rest[:0]
 	switch {
+	case hold:
+		// Backends with room, much better than the rest: ask the store for
+		// them only, and wait for them a while if it refuses.
+		rt.sc.rest = append(rt.sc.rest, ranked[worth:]...)
+		ranked = ranked[:worth]
 	case better && woken:
 		// A release on a backend worth waiting for: the store checks
 		// them, whatever the view says.
@@ -369,7 +389,8 @@ func (rt *routing) slots(cands []int) ([]loadstate.Slot, []int) {
 		// The ranking offered to the store, for the explanation and the
 		// decisions log; in the pooled scratch, so it costs no allocation.
 		rt.sc.decision = append(rt.sc.decision[:0], rt.sc.cands...)
-		rt.decision = rt.sc.decision
+		rt.sc.decisionRest = append(rt.sc.decisionRest[:0], rt.sc.rest...)
+		rt.decision, rt.rest = rt.sc.decision, rt.sc.decisionRest
 	}
 	return slots, idx
 }

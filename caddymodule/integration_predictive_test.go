@@ -67,7 +67,8 @@ func sized(tokens int) string {
 // TestIntegrationLongAnswersGoToTheFastBackend: with both backends free but
 // one of the fast backend's two slots taken, a long answer goes to the fast
 // backend, a short one fills the slow backend (a slow slot costs it little);
-// the decision is explained on request, without the prompt.
+// the decision is explained on request, without the prompt, and names the
+// backend a long answer left out of its attempt.
 func TestIntegrationLongAnswersGoToTheFastBackend(t *testing.T) {
 	g := startGateway(t, gatewayOptions{}, predictiveCaddyfile, nil)
 	url := g.url("gw") + "/v1/chat/completions"
@@ -96,6 +97,12 @@ func TestIntegrationLongAnswersGoToTheFastBackend(t *testing.T) {
 		}
 		if strings.Contains(ex, "secret") {
 			t.Errorf("the explanation holds request content: %q", ex)
+		}
+		// A long answer holds out for the fast backend: the slow one, though
+		// it has room, is left out of the attempt (taken only if the fast
+		// one is refused for longer than the request's patience).
+		if leftOut := strings.Contains(ex, "slow score=") && strings.Contains(ex, " left_out"); leftOut != (tt.want == "fast") {
+			t.Errorf("%d tokens: slow backend left out = %v: %q", tt.tokens, leftOut, ex)
 		}
 	}
 	// No header asked for: no explanation.

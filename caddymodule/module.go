@@ -203,7 +203,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.admission = loadstate.NewAdmission(loadstate.AdmissionOptions{
 		Store: h.store, Queue: h.queue, Backends: len(h.backends),
-		Free:    func(i int) int { return h.backends[i].MaxInflight - h.store.Inflight(h.backends[i].Name) },
+		Free: func(i int) int {
+			b := &h.currentView().backends[i] // max_inflight as overridden
+			return b.MaxInflight - h.store.Inflight(b.Name)
+		},
 		Entered: func() { h.metrics.queueDepth.Inc() },
 		Left: func(waited time.Duration) {
 			h.metrics.queueDepth.Dec()

@@ -116,11 +116,15 @@ func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attempt
 // explanation describes the decision that sent the request to backend: the
 // strategy, then every candidate it ranked, best first, with its score, its
 // load and the request's predicted wait, time to first token and completion
-// on it ("full" marks a backend the request waited for); how long it waited
-// and, when it waited for a better backend, how long it was willing to.
-// Never request content; backend names come from configuration.
+// on it ("full" marks a backend the request waited for, "waiting" counts the
+// requests in line for it ahead of this one); how long it waited and, when it
+// waited for a better backend, how long it was willing to. A predictive
+// strategy's explanation ends with the eligible backends it left out of the
+// attempt ("left_out": with room but much slower than those it held out for,
+// or full and not worth waiting for), with their predictions. Never request content; backend names come from configuration.
 //
-//	strategy=balanced chosen=fast; fast score=0.812 inflight=1/2 wait=0s ttft=45ms total=320ms; big score=0.7 ...
+//	strategy=balanced chosen=big; big score=0.7 inflight=1/8 wait=0s ttft=90ms total=2.1s; fast left_out inflight=2/2 waiting=9 full wait=2.2s ttft=2.3s total=2.6s
+//	strategy=balanced chosen=fast; fast score=0.9 inflight=1/2 wait=0s ttft=10ms total=520ms; slow score=0.4 left_out inflight=0/8 wait=0s ttft=40ms total=3.1s
 func (rt *routing) explanation(backend int) string {
 	h := rt.h
 	var b strings.Builder
@@ -137,15 +141,52 @@ func (rt *routing) explanation(backend int) string {
 	if rt.firstPatience > 0 {
 		fmt.Fprintf(&b, " patience=%s", rt.firstPatience.Round(time.Millisecond))
 	}
+	listed := make([]bool, len(rt.pool.Backends))
 	for _, c := range rt.decision {
-		l := &rt.pool.Loads[c.Index]
-		fmt.Fprintf(&b, "; %s score=%.3f inflight=%d/%d", h.backends[c.Index].Name, c.Score, l.Inflight, h.backends[c.Index].MaxInflight)
-		if c.Full {
-			b.WriteString(" full")
+		listed[c.Index] = true
+		rt.explainCandidate(&b, c.Index, c.Score, "", c.Full, c.Predicted)
+	}
+	if !h.strategy.Predictive() {
+		return b.String()
+	}
+	// The backends that could serve the request but were left out of the
+	// attempt, with what the request was predicted to take on them: ranked
+	// with room but much slower than those it held out for, or full and not
+	// worth waiting for.
+	for _, c := range rt.rest {
+		listed[c.Index] = true
+		rt.explainCandidate(&b, c.Index, c.Score, " left_out", c.Full, c.Predicted)
+	}
+	fallback := engine.PoolPerf(&rt.pool)
+	for i := range rt.pool.Backends {
+		if listed[i] || rt.pool.Backends[i].MaxInflight <= 0 || !h.strategy.Eligible(&rt.req, &rt.pool, i) {
+			continue
 		}
-		if p := c.Predicted; p.Total > 0 {
-			fmt.Fprintf(&b, " wait=%s ttft=%s total=%s", p.Wait.Round(time.Millisecond), p.TTFT.Round(time.Millisecond), p.Total.Round(time.Millisecond))
-		}
+		l := &rt.pool.Loads[i]
+		rt.explainCandidate(&b, i, -1, " left_out", !l.Fits(&rt.pool.Backends[i], &rt.req), engine.Predict(&rt.req, &rt.pool.Backends[i], l, &fallback))
 	}
 	return b.String()
+}
+
+// explainCandidate writes one backend of an explanation: its score (none
+// when negative), mark, load, requests waiting ahead for it, and the
+// request's predicted timeline on it.
+func (rt *routing) explainCandidate(b *strings.Builder, i int, score float64, mark string, full bool, p engine.Prediction) {
+	l := &rt.pool.Loads[i]
+	b.WriteString("; ")
+	b.WriteString(rt.pool.Backends[i].Name)
+	if score >= 0 {
+		fmt.Fprintf(b, " score=%.3f", score)
+	}
+	b.WriteString(mark)
+	fmt.Fprintf(b, " inflight=%d/%d", l.Inflight, rt.pool.Backends[i].MaxInflight)
+	if l.Waiting > 0 {
+		fmt.Fprintf(b, " waiting=%d", l.Waiting)
+	}
+	if full {
+		b.WriteString(" full")
+	}
+	if p.Total > 0 {
+		fmt.Fprintf(b, " wait=%s ttft=%s total=%s", p.Wait.Round(time.Millisecond), p.TTFT.Round(time.Millisecond), p.Total.Round(time.Millisecond))
+	}
 }

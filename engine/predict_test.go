@@ -105,8 +105,8 @@ func TestPredictionCost(t *testing.T) {
 	if got := p.Cost(false); got != 450*ms {
 		t.Errorf("non-stream cost %v, want the completion 450ms", got)
 	}
-	if got := p.Cost(true); got != 250*ms {
-		t.Errorf("stream cost %v, want TTFT + half the rest = 250ms", got)
+	if got := p.Cost(true); got != 350*ms {
+		t.Errorf("stream cost %v, want TTFT + three quarters of the rest = 350ms", got)
 	}
 }
 
@@ -516,6 +516,58 @@ func TestWorthWaiting(t *testing.T) {
 				t.Fatalf("candidates changed: %v from %v", indexes(ranked), indexes(tt.ranked))
 			}
 		})
+	}
+}
+
+// TestWorthHoldingOut: with room on the first candidate, the request holds
+// out for the candidates predicted within 1/0.9 of it (in rank order) when
+// others are much slower, with half the gain over the soonest of those as its
+// patience; otherwise it may take any.
+func TestWorthHoldingOut(t *testing.T) {
+	room := func(i int, total time.Duration) Candidate {
+		return Candidate{Index: i, Predicted: Prediction{TTFT: total / 10, Total: total}}
+	}
+	const s = time.Second
+	tests := []struct {
+		name         string
+		ranked       []Candidate
+		wantIdx      []int
+		wantPatience time.Duration
+	}{
+		{"one candidate", []Candidate{room(0, 1*s)}, nil, 0},
+		{"all about as good", []Candidate{room(0, 1*s), room(1, 1050*ms), room(2, 900*ms)}, nil, 0},
+		{"the rest much slower", []Candidate{room(0, 500*ms), room(1, 1300*ms), room(2, 3*s)}, []int{0}, 400 * ms},
+		// Ranked by a blend, a slower one may lead: the faster ones within
+		// its bound are held out for too, in rank order.
+		{"near ones anywhere in the ranking", []Candidate{room(2, 1*s), room(1, 3*s), room(0, 300*ms)}, []int{2, 0}, 1 * s},
+		{"a full one leads: WorthWaiting's case", []Candidate{{Index: 0, Full: true, Predicted: Prediction{Total: s}}, room(1, 3*s)}, nil, 0},
+		{"a full one later: not this case", []Candidate{room(0, 300*ms), {Index: 1, Full: true, Predicted: Prediction{Total: 3 * s}}}, nil, 0},
+		{"nothing predicted", []Candidate{{Index: 0}, {Index: 1}}, nil, 0},
+		{"one unpredicted", []Candidate{room(0, 300*ms), {Index: 1}}, nil, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ranked := append([]Candidate(nil), tt.ranked...)
+			n, patience := WorthHoldingOut(&Request{}, ranked)
+			if !slices.Equal(indexes(ranked[:n]), tt.wantIdx) && (n != 0 || tt.wantIdx != nil) {
+				t.Fatalf("holds out for %v, want %v", indexes(ranked[:n]), tt.wantIdx)
+			}
+			if patience != tt.wantPatience {
+				t.Fatalf("patience %v, want %v", patience, tt.wantPatience)
+			}
+			if !slices.Equal(sortedIdx(ranked), sortedIdx(tt.ranked)) {
+				t.Fatalf("candidates changed: %v from %v", indexes(ranked), indexes(tt.ranked))
+			}
+		})
+	}
+	// Streams are judged by their cost: the time to the first token counts
+	// more (the 300ms backend writes its first token 10× later here).
+	stream := []Candidate{
+		{Index: 0, Predicted: Prediction{TTFT: 250 * ms, Total: 300 * ms}},
+		{Index: 1, Predicted: Prediction{TTFT: 20 * ms, Total: 400 * ms}},
+	}
+	if n, _ := WorthHoldingOut(&Request{Stream: true}, stream); n != 0 {
+		t.Errorf("stream: holds out for %v; both are about as good by its cost", indexes(stream[:n]))
 	}
 }
 

@@ -401,6 +401,48 @@ func WorthWaiting(req *Request, ranked []Candidate) (n int, patience time.Durati
 	return n, max(wait+(other-least)/2, time.Millisecond)
 }
 
+// WorthHoldingOut is, for a ranking whose first candidate has room, how many
+// of its candidates the request should take only, and for how long at most
+// (its patience) it should wait for a slot on them when the store refuses
+// them all (another request took the last slot between the ranking and the
+// attempt) before it takes any other; (0, 0) when it may take any.
+//
+// The ones to hold out for are those predicted to finish within waitGain of
+// the first (its cost ÷ 0.9 at most), in rank order; they are moved to the
+// front. When every candidate is, or none is predicted, (0, 0). Otherwise the
+// patience is half the predicted gain over the soonest of the others, as for
+// WorthWaiting with a predicted wait of 0. Without it, a refused attempt on a
+// fast backend would fall straight through to a much slower one, in the same
+// call, without the request ever being ranked again.
+func WorthHoldingOut(req *Request, ranked []Candidate) (n int, patience time.Duration) {
+	if len(ranked) < 2 || ranked[0].Full {
+		return 0, 0
+	}
+	cost := func(c *Candidate) time.Duration { return c.Predicted.Cost(req.Stream) }
+	first := cost(&ranked[0])
+	if first <= 0 {
+		return 0, 0
+	}
+	bound := time.Duration(float64(first) / waitGain)
+	var other time.Duration
+	for k := range ranked {
+		c := cost(&ranked[k])
+		if c <= 0 || ranked[k].Full {
+			return 0, 0 // unpredicted, or a full one to wait for: not this case
+		}
+		if c <= bound {
+			ranked[n], ranked[k] = ranked[k], ranked[n]
+			n++
+		} else if other == 0 || c < other {
+			other = c
+		}
+	}
+	if other == 0 {
+		return 0, 0
+	}
+	return n, max((other-first)/2, time.Millisecond)
+}
+
 // keepWorthWaiting drops the full candidates a request should not wait for:
 // every one ranked after the first candidate with room, and the leading ones
 // unless predicted to finish at least 10% sooner than that candidate. cands

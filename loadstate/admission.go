@@ -375,11 +375,12 @@ var (
 // waiter joins the fleet's line rather than wait for local wakes that the
 // fleet's releases no longer send.
 func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Waiter, plan Plan, maxWait time.Duration) (backend int, waited time.Duration, err error) {
-	if plan.Patience == 0 {
-		// Newcomers leave alone the backends someone is already waiting for.
+	if len(plan.Try) > 0 {
+		// Newcomers leave to the requests already waiting the free slots
+		// those can use (see owed).
 		var skip func(int) bool
 		if a.Queue.Len() > 0 {
-			skip = a.Queue.Claimed
+			skip = func(i int) bool { return a.owed(i, a.Queue.Waiting(i)) }
 		}
 		if b, err := a.try(budget, w, plan.Try, skip); b >= 0 || err != nil {
 			return b, 0, err
@@ -434,7 +435,7 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 	// leaves backends that a waiter ahead of it wants to that waiter. A
 	// waiter woken by a release does not: the queue picked it for that
 	// slot, and a waiter ahead with a wake of its own has a slot of its own.
-	claimedAhead := func(i int) bool { return a.Queue.ClaimedAhead(ticket, i) }
+	claimedAhead := func(i int) bool { return a.owed(i, a.Queue.Ahead(ticket, i)) }
 	skip, woken, settled := claimedAhead, false, plan.Patience == 0
 	// Joined the queue before this first look: a slot freed from now on
 	// wakes it, so none is missed between the look and the wait.
@@ -527,12 +528,11 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			}
 		}
 	}()
-	settled := plan.Patience == 0
 	for {
+		// Not settled, Try is empty when the backends waited for are full as
+		// far as this replica knows, or holds the ones with room it holds
+		// out for (see Plan.Patience).
 		try := plan.Try
-		if !settled {
-			try = nil // full as far as this replica knows: wait for them
-		}
 		var ticket *QueueTicket
 		reserved := false
 		if !w.Shed && (queued != nil || a.fleet.reserve(a.Queue.Len(), a.Queue.max)) {
@@ -618,7 +618,6 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 			if name, _ := fq.LeaveQueue(budget, w.ID); name != "" {
 				return w.Index(name), 0, nil
 			}
-			settled = true
 			if plan, err = w.Plan(false, true); err != nil {
 				return -1, 0, err
 			}
@@ -666,6 +665,20 @@ func (a *Admission) ticket(w *Waiter, plan Plan, maxWait time.Duration) *QueueTi
 // the backend, or -1 when none had room.
 func (a *Admission) TryNow(ctx context.Context, w *Waiter, cands []int) (int, error) {
 	return a.try(ctx, w, cands, nil)
+}
+
+// owed reports whether the slots the store's view shows free on backend i
+// are owed to the waiting requests (waiting of them can use it; ahead of the
+// asker in line): a request that looks for room on its own leaves them
+// alone. Without a view of free slots (Free nil), any waiter is owed.
+func (a *Admission) owed(i, waiting int) bool {
+	if waiting <= 0 {
+		return false
+	}
+	if a.Free == nil {
+		return true
+	}
+	return waiting >= a.Free(i)
 }
 
 // try asks the store for a slot on the candidates, skipping those skip says.

@@ -154,6 +154,24 @@ func (e *admissionEnv) admit(ctx context.Context, w *Waiter, maxWait time.Durati
 	return out
 }
 
+// queueGrew is closed when more than n requests wait (polled until the
+// test ends).
+func (e *admissionEnv) queueGrew(n int) <-chan struct{} {
+	c := make(chan struct{})
+	done := e.t.Context().Done()
+	go func() {
+		for e.queue.Len() <= n {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+		close(c)
+	}()
+	return c
+}
+
 // queued waits until n requests wait and the newest has blocked (its timers
 // set, its first look at the store done): the test may then move the clock.
 func (e *admissionEnv) queued(n int) {
@@ -292,6 +310,77 @@ func TestAdmissionFIFO(t *testing.T) {
 	e.release("w0", 0)
 	if r := <-late; r.backend != 0 {
 		t.Fatalf("late: %+v", r)
+	}
+}
+
+// TestAdmissionNewcomerTakesRoomNobodyIsOwed: a newcomer leaves to the
+// waiting requests as many free slots as there are requests waiting for
+// them, and no more: with two free slots on a backend and one request
+// waiting for it, the newcomer takes the other free slot there rather than
+// fall through to its next candidate (which it did when any waiter for a
+// backend kept every newcomer off it); with one free slot and one waiter, it
+// goes on to the next candidate.
+func TestAdmissionNewcomerTakesRoomNobodyIsOwed(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 3, 4)
+	// A request that waits for backend 0 whatever the counts say (a waiter
+	// holding out for it, woken and not yet served, say).
+	wants0 := NewBackendSet(2)
+	wants0.Add(0)
+	patient := e.waiter("patient", 0)
+	patient.Plan = func(woken, settled bool) (Plan, error) {
+		return Plan{Wants: wants0, Patience: time.Hour}, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	waiting := e.admit(ctx, patient, time.Hour)
+	e.queued(1)
+	mustAcquire(t, e.store, "holder", []Slot{{Backend: "a", Capacity: 3}}, 0) // 1 of 3 in flight: 2 free, 1 owed
+	newcomer := e.admit(context.Background(), e.waiter("newcomer", 0, 1), time.Second)
+	select {
+	case r := <-newcomer:
+		if r.err != nil || r.backend != 0 || r.waited != 0 {
+			t.Fatalf("newcomer with a free slot nobody is owed: %+v, want backend 0 at once", r)
+		}
+	case <-e.queueGrew(1):
+		t.Fatal("the newcomer queued behind the waiter although a free slot was left for it")
+	}
+	// 1 free, owed to the waiter: the next newcomer goes on to backend 1.
+	if r := <-e.admit(context.Background(), e.waiter("next", 0, 1), time.Second); r.err != nil || r.backend != 1 {
+		t.Fatalf("newcomer with the last free slot owed: %+v, want backend 1", r)
+	}
+	if n := e.store.Inflight("a"); n != 2 {
+		t.Fatalf("backend 0 has %d in flight, want 2 (its last slot left to the waiter)", n)
+	}
+	cancel()
+	<-waiting
+}
+
+// TestAdmissionHoldsOutForTheBackendsTried: a plan that tries backends with
+// room and, should the store refuse them all, waits for them a while
+// (Try and Patience both set) asks the store for those only, then waits for
+// them rather than take another backend with room; a release on one of them
+// serves it.
+func TestAdmissionHoldsOutForTheBackendsTried(t *testing.T) {
+	e := newAdmissionEnv(t, QueueOptions{}, 1, 4)
+	<-e.admit(context.Background(), e.waiter("taker", 0), time.Second) // took the slot since the ranking
+	wants0 := NewBackendSet(2)
+	wants0.Add(0)
+	w := e.waiter("holding-out", 0, 1)
+	w.Plan = func(woken, settled bool) (Plan, error) {
+		if settled {
+			return Plan{Try: []int{0, 1}, Wants: wants0}, nil
+		}
+		return Plan{Try: []int{0}, Wants: wants0, Patience: 2 * time.Second}, nil
+	}
+	done := e.admit(context.Background(), w, time.Minute)
+	e.queued(1)
+	if n := e.store.Inflight("b"); n != 0 {
+		t.Fatalf("took the much slower backend with room (%d in flight there)", n)
+	}
+	e.clock.advance(time.Second)
+	e.release("taker", 0)
+	if r := <-done; r.err != nil || r.backend != 0 || r.waited != time.Second {
+		t.Fatalf("%+v, want backend 0 after 1s", r)
 	}
 }
 

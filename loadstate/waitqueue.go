@@ -486,33 +486,6 @@ func (q *WaitQueue) wakeForRoom(free func(i int) int, backends int) {
 	q.NotifyMany(slots)
 }
 
-// Claimed reports whether some waiter can use backend i. A newcomer skips
-// claimed backends while anyone waits, so it never overtakes a request that has
-// waited longer for the same slot; it may still take a slot nobody waits for.
-func (q *WaitQueue) Claimed(i int) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for t := q.head; t != nil; t = t.next {
-		if t.wants.Has(i) {
-			return true
-		}
-	}
-	return false
-}
-
-// ClaimedAhead reports whether a waiter ahead of t in line can use backend i;
-// t then leaves that backend's next slot to it.
-func (q *WaitQueue) ClaimedAhead(t *Ticket, i int) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for w := q.head; w != nil && w != t; w = w.next {
-		if w.wants.Has(i) {
-			return true
-		}
-	}
-	return false
-}
-
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
 

@@ -58,13 +58,16 @@ func TestWaitQueueWakesOldestWaiterThatCanUseTheSlot(t *testing.T) {
 	if q.Notify(3) {
 		t.Fatal("Notify(3) woke a waiter that cannot use backend 3")
 	}
-	if !q.Claimed(0) || !q.Claimed(2) || q.Claimed(3) {
-		t.Fatal("Claimed is wrong")
+	if q.Waiting(0) != 1 || q.Waiting(1) != 2 || q.Waiting(2) != 1 || q.Waiting(3) != 0 {
+		t.Fatalf("waiting per backend %d %d %d %d, want 1 2 1 0", q.Waiting(0), q.Waiting(1), q.Waiting(2), q.Waiting(3))
+	}
+	if n := q.Ahead(c, 1); n != 1 {
+		t.Fatalf("waiters ahead of c for backend 1: %d, want 1 (b)", n)
 	}
 	q.Leave(a)
 	q.Leave(b)
 	q.Leave(c)
-	if q.Len() != 0 || q.Claimed(1) {
+	if q.Len() != 0 || q.Waiting(1) != 0 {
 		t.Fatalf("queue not empty after everyone left: len %d", q.Len())
 	}
 }

@@ -74,6 +74,7 @@ func TestClassifyDecision(t *testing.T) {
 		{"strategy=balanced chosen=C; C score=0.401 inflight=6/8 wait=0s ttft=405ms total=7.71s; B score=0.512 inflight=1/4 wait=0s ttft=207ms total=3.443s", predictedSlower},
 		{"strategy=balanced chosen=C; A score=0.745 inflight=4/4 full wait=1.356s ttft=1.391s total=2.738s; C score=0.403 inflight=7/8 wait=0s ttft=160ms total=7.871s; B score=0.000 inflight=4/4", othersFull},
 		{"strategy=balanced chosen=C; C score=0.403 inflight=7/8 wait=0s total=1s; A score=0.745 inflight=3/4 wait=0s total=900ms; B score=0.7 inflight=1/4 wait=0s total=2s", predictedSlower},
+		{"strategy=balanced chosen=C; C score=0.748 inflight=6/8 wait=0s ttft=90ms total=2.074s; A left_out inflight=4/4 waiting=7 full wait=1.9s ttft=1.9s total=2.3s; B left_out inflight=4/4 waiting=7 full wait=2.9s ttft=3s total=4s", othersFull},
 		{"", unexplained},
 		{"strategy=balanced chosen=A; A score=1 inflight=1/4", unexplained},
 		{"strategy=balanced chosen=C; C score=0.775 inflight=2/8 wait=0s ttft=109ms total=1.997s", onlyCandidate},

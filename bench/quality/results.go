@@ -336,6 +336,34 @@ func printExplanations(spec workload.Spec, sims []simfleet.Sim, contenders []*co
 			}
 		}
 	}
+	for _, c := range contenders {
+		if c.explain && len(c.outcomes) > 0 {
+			printTail(c)
+		}
+	}
+}
+
+// printTail lists the slowest 1% of a contender's successful requests (what
+// sets its p99), slowest first: where each went, how long it was, and the
+// router's explanation (its wait for a slot and its patience included).
+func printTail(c *contender) {
+	var ok []loadgen.Outcome
+	for _, o := range c.outcomes {
+		if o.OK {
+			ok = append(ok, o)
+		}
+	}
+	sort.Slice(ok, func(i, j int) bool { return ok[i].Latency > ok[j].Latency })
+	tail := ok[:max(len(ok)/100, 1)]
+	perSim := map[string]int{}
+	for _, o := range tail {
+		perSim[o.Sim]++
+	}
+	fmt.Printf("\n%s: the slowest 1%% (%d requests, from %s), by sim %v\n", c.name(), len(tail), report.Ms(tail[len(tail)-1].Latency), perSim)
+	for _, o := range tail {
+		fmt.Printf("  request %d, %d tokens, prompt %d, stream %v, on %s, took %s: %s\n",
+			o.Arrival.Index, o.Arrival.Output, o.Arrival.Prompt, o.Arrival.Stream, o.Sim, report.Ms(o.Latency), o.Explain)
+	}
 }
 
 // decisionKind is why a request went to the slowest sim.
@@ -353,7 +381,7 @@ const (
 
 func (k decisionKind) String() string {
 	return [...]string{
-		"were the only candidate of the attempt that placed them (the router leaves full backends out of an attempt)",
+		"were the only candidate the explanation lists",
 		"found every other sim full",
 		"had no predictions (no total= in the explanation)",
 		"were predicted to finish no later there than on another sim with room",
@@ -363,7 +391,8 @@ func (k decisionKind) String() string {
 }
 
 // candidate is one entry of an explanation: "A score=0.400 inflight=4/4 full
-// wait=120ms ttft=150ms total=600ms".
+// wait=120ms ttft=150ms total=600ms", or one the attempt left out: "A
+// left_out inflight=4/4 waiting=3 full wait=…".
 type candidate struct {
 	name  string
 	full  bool          // marked full, or in flight at its capacity
