@@ -137,19 +137,20 @@ func (l *lease) keepAlive() {
 	l.renew, l.done = timer, done
 }
 
-// waiting is how many requests wait for backend i ahead of this one: while
-// it waits itself, those ahead of it in line (not itself nor those behind);
-// for a retry none; otherwise all of them (it would join at the back).
-func (rt *routing) waiting(i int) int {
+// waiting is how many requests wait for backend i ahead of this one, and
+// their share of it (see loadstate.WaitQueue.Share): while it waits itself,
+// those ahead of it in line (not itself nor those behind); for a retry none;
+// otherwise all of them (it would join at the back).
+func (rt *routing) waiting(i int) (int, float64) {
 	if rt.retrying {
-		return 0 // a retry has been through the line: it goes ahead
+		return 0, 0 // a retry has been through the line: it goes ahead
 	}
 	if rt.waiter != nil {
-		if n, queued := rt.waiter.Ahead(i); queued {
-			return n
+		if n, share, queued := rt.waiter.Ahead(i); queued {
+			return n, share
 		}
 	}
-	return rt.h.admission.WaitingFor(i)
+	return rt.h.admission.WaitingFor(i), rt.h.admission.ShareOf(i)
 }
 
 // loadPool fills the pool with the backends' live state.
@@ -177,6 +178,7 @@ func (rt *routing) loadPool() {
 		if b.MaxTokensInflight > 0 {
 			tokens = h.store.Tokens(b.Name)
 		}
+		waiting, queued := rt.waiting(i)
 		loads[i] = engine.Load{
 			TokensInflight: tokens,
 			Inflight:       h.store.Inflight(b.Name),
@@ -185,7 +187,8 @@ func (rt *routing) loadPool() {
 			CoolingDown:    a == engine.Unavailable,
 			Draining:       backends.drained[i],
 			Perf:           bl.perf[b.UpstreamModel(rt.req.Model)],
-			Waiting:        rt.waiting(i),
+			Waiting:        waiting,
+			Queued:         queued,
 			Feedback:       bl.feedback,
 		}
 		probe[i] = a == engine.ProbeAvailable

@@ -99,10 +99,11 @@ func (r *Request) OutputTokens() int {
 // The expected wait for a slot on a full backend (or one whose free slots
 // requests waiting ahead are due) follows from its service rate: it frees a
 // slot about every MeanService ÷ MaxInflight, and the request is behind
-// every request in flight over capacity and every request waiting ahead of
-// it (at least one release):
+// every request in flight over capacity and its share of the requests
+// waiting ahead of it (Queued: one that waits for any of k backends counts
+// 1/k here; Waiting when unknown), at least one release:
 //
-//	wait = (Inflight − MaxInflight + Waiting + 1) × MeanService ÷ MaxInflight
+//	wait = (Inflight − MaxInflight + Queued + 1) × MeanService ÷ MaxInflight
 //
 // (MeanService unknown: this request's own service time stands in for it.)
 func Predict(req *Request, b *Backend, l *Load, fallback *Perf) Prediction {
@@ -120,12 +121,16 @@ func Predict(req *Request, b *Backend, l *Load, fallback *Perf) Prediction {
 		// Releases it needs: one for each request in flight over capacity
 		// and each waiting ahead of it, plus its own (at least one: a free
 		// slot a waiter is due is not this request's).
-		ahead := max(l.Inflight-b.MaxInflight+max(l.Waiting, 0)+1, 1)
+		queued := l.Queued
+		if queued <= 0 {
+			queued = float64(max(l.Waiting, 0))
+		}
+		ahead := max(float64(l.Inflight-b.MaxInflight)+queued+1, 1)
 		pace := l.Perf.MeanService
 		if pace <= 0 {
 			pace = service
 		}
-		wait = time.Duration(float64(ahead) * float64(pace) / float64(b.MaxInflight))
+		wait = time.Duration(ahead * float64(pace) / float64(b.MaxInflight))
 	}
 	return Prediction{Wait: wait, TTFT: wait + ttft, Total: wait + service}
 }

@@ -39,6 +39,15 @@ func TestPredict(t *testing.T) {
 			want: Prediction{Wait: 150 * ms, TTFT: 170 * ms, Total: 170 * ms},
 		},
 		{
+			name: "waiters that can also use other backends count by their share",
+			req:  Request{PromptTokens: 0, MaxTokens: 1},
+			// 4 waiting, but 3 of them can use 2 backends and the 4th 4:
+			// 3 × ½ + ¼ = 1.75 of them are expected here.
+			b: Backend{MaxInflight: 4}, l: Load{Inflight: 4, Waiting: 4, Queued: 1.75, Perf: fastPerf},
+			// (1.75 + 1) × 300ms ÷ 4 slots = 206.25ms
+			want: Prediction{Wait: 206250 * time.Microsecond, TTFT: 226250 * time.Microsecond, Total: 226250 * time.Microsecond},
+		},
+		{
 			name: "a free slot a waiter ahead is due is not room",
 			req:  Request{MaxTokens: 1},
 			b:    Backend{MaxInflight: 4}, l: Load{Inflight: 3, Waiting: 1, Perf: fastPerf},

@@ -113,6 +113,11 @@ type Load struct {
 	// Waiting is how many requests wait for a slot on this backend ahead
 	// of the one being ranked (all of them for a newcomer).
 	Waiting int
+	// Queued is how many of those Waiting requests can be expected to take
+	// this backend's slots rather than another's: a request that waits for
+	// any of k backends counts 1/k on each. It paces the predicted wait
+	// (see Predict); 0 with Waiting > 0 means unknown, and Waiting is used.
+	Queued float64
 	// TokensInflight is the sum of the token costs of the requests in
 	// flight fleet-wide (as last seen), when the backend has a token limit.
 	TokensInflight int

@@ -105,14 +105,16 @@ type Waiter struct {
 // requests that can use backend i are ahead of it in line (queued reports
 // true); a re-ranking counts those, not itself or those behind it, in its
 // predicted wait for a slot. Not waiting, it reports (0, false).
-func (w *Waiter) Ahead(i int) (n int, queued bool) {
+func (w *Waiter) Ahead(i int) (n int, share float64, queued bool) {
 	switch {
 	case w.ticket != nil:
-		return w.adm.Queue.Ahead(w.ticket, i), true
+		n, share = w.adm.Queue.AheadShare(w.ticket, i)
+		return n, share, true
 	case w.fleetW != nil:
-		return w.adm.fleet.ahead(w.fleetW, i), true
+		n, share = w.adm.fleet.ahead(w.fleetW, i)
+		return n, share, true
 	}
-	return 0, false
+	return 0, 0, false
 }
 
 // Admission admits requests to backend slots: it asks the store for a slot
@@ -139,6 +141,10 @@ func (a *Admission) Waiting() int { return a.Queue.Len() + int(a.fleet.n.Load())
 // WaitingFor is how many of this replica's waiting requests can use backend
 // i, in either queue.
 func (a *Admission) WaitingFor(i int) int { return a.Queue.Waiting(i) + a.fleet.waitingFor(i) }
+
+// ShareOf is how many of this replica's waiting requests can be expected to
+// take backend i's slots (see WaitQueue.Share), in either queue.
+func (a *Admission) ShareOf(i int) float64 { return a.Queue.Share(i) + a.fleet.shareOf(i) }
 
 // OldestWait is how long the longest-waiting of this replica's requests has
 // waited by now, in either queue (0 when none waits).
@@ -179,6 +185,7 @@ type fleetWaiters struct {
 	reserved int
 	set      map[*fleetWait]struct{}
 	per      []atomic.Int64 // waiters per backend; written under mu
+	share    []atomic.Int64 // their share of it, in shareUnits; written under mu
 }
 
 type fleetWait struct {
@@ -205,15 +212,26 @@ func (f *fleetWaiters) setWants(fw *fleetWait, wants BackendSet) {
 }
 
 func (f *fleetWaiters) setWantsLocked(fw *fleetWait, wants BackendSet) {
-	for _, i := range fw.wants {
-		f.per[i].Add(-1)
-	}
+	f.uncountLocked(fw)
 	fw.wants = fw.wants[:0]
 	for i := range f.per {
 		if wants.Has(i) {
 			fw.wants = append(fw.wants, i)
-			f.per[i].Add(1)
 		}
+	}
+	for _, i := range fw.wants {
+		f.per[i].Add(1)
+		f.share[i].Add(fw.share())
+	}
+}
+
+// share is what fw counts on each backend it wants (see WaitQueue.Share).
+func (fw *fleetWait) share() int64 { return shareUnit / int64(max(len(fw.wants), 1)) }
+
+func (f *fleetWaiters) uncountLocked(fw *fleetWait) {
+	for _, i := range fw.wants {
+		f.per[i].Add(-1)
+		f.share[i].Add(-fw.share())
 	}
 }
 
@@ -240,9 +258,7 @@ func (f *fleetWaiters) unreserve() {
 func (f *fleetWaiters) leave(fw *fleetWait) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	for _, i := range fw.wants {
-		f.per[i].Add(-1)
-	}
+	f.uncountLocked(fw)
 	delete(f.set, fw)
 	f.n.Add(-1)
 }
@@ -254,18 +270,26 @@ func (f *fleetWaiters) waitingFor(i int) int {
 	return int(f.per[i].Load())
 }
 
+func (f *fleetWaiters) shareOf(i int) float64 {
+	if i < 0 || i >= len(f.share) {
+		return 0
+	}
+	return float64(f.share[i].Load()) / shareUnit
+}
+
 // ahead counts the waiters that can use backend i and arrived before fw,
-// of its class or a higher one.
-func (f *fleetWaiters) ahead(fw *fleetWait, i int) int {
+// of its class or a higher one, and their share of i (see WaitQueue.Share).
+func (f *fleetWaiters) ahead(fw *fleetWait, i int) (n int, share float64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	n := 0
+	var units int64
 	for o := range f.set {
 		if o != fw && o.class <= fw.class && o.arrived.Before(fw.arrived) && slices.Contains(o.wants, i) {
 			n++
+			units += o.share()
 		}
 	}
-	return n
+	return n, float64(units) / shareUnit
 }
 
 func (f *fleetWaiters) oldest(now time.Time) time.Duration {
@@ -309,6 +333,7 @@ func NewAdmission(o AdmissionOptions) *Admission {
 	a := &Admission{AdmissionOptions: o}
 	a.fleet.set = make(map[*fleetWait]struct{})
 	a.fleet.per = make([]atomic.Int64, o.Backends)
+	a.fleet.share = make([]atomic.Int64, o.Backends)
 	return a
 }
 

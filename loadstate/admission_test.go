@@ -603,7 +603,7 @@ func TestAdmissionReplanCountsOnlyWaitersAhead(t *testing.T) {
 		w := e.waiter(id, 0)
 		plan := w.Plan
 		w.Plan = func(woken, settled bool) (Plan, error) {
-			n, q := w.Ahead(0)
+			n, _, q := w.Ahead(0)
 			mu.Lock()
 			saw[id] = append(saw[id], seen{n, q})
 			mu.Unlock()
@@ -631,7 +631,7 @@ func TestAdmissionReplanCountsOnlyWaitersAhead(t *testing.T) {
 	if r := <-dones[0]; r.backend != 0 {
 		t.Fatalf("w0: %+v", r)
 	}
-	if n, q := (&Waiter{}).Ahead(0); n != 0 || q {
+	if n, share, q := (&Waiter{}).Ahead(0); n != 0 || share != 0 || q {
 		t.Fatalf("a waiter not in line: %d, %v", n, q)
 	}
 	e.release("h1", 1)
@@ -669,5 +669,31 @@ func TestWaitQueueAssignAging(t *testing.T) {
 				t.Fatalf("first woken for %d, the better-suited one for %d; want it to overtake: %v", first.woken, suited.woken, tt.overtake)
 			}
 		})
+	}
+}
+
+// TestFleetWaitersShare: this replica's waiters in the fleet's line count
+// their share of each backend like the local line's (see WaitQueue.Share).
+func TestFleetWaitersShare(t *testing.T) {
+	a := NewAdmission(AdmissionOptions{Store: NewMemoryStore(), Queue: NewWaitQueue(10), Backends: 3})
+	t0 := time.Unix(1_700_000_000, 0)
+	x := a.fleet.enter(t0, 0, set(3, 0))
+	y := a.fleet.enter(t0.Add(time.Second), 0, set(3, 0, 1))
+	if a.ShareOf(0) != 1.5 || a.ShareOf(1) != 0.5 || a.WaitingFor(0) != 2 {
+		t.Fatalf("shares %v %v, waiting %d; want 1.5 0.5, 2", a.ShareOf(0), a.ShareOf(1), a.WaitingFor(0))
+	}
+	if n, share := a.fleet.ahead(y, 0); n != 1 || share != 1 {
+		t.Fatalf("ahead of y: %d, %v; want 1, 1", n, share)
+	}
+	a.fleet.setWants(x, set(3, 1, 2))
+	if a.ShareOf(0) != 0.5 || a.ShareOf(1) != 1 || a.ShareOf(2) != 0.5 {
+		t.Fatalf("after x moved: shares %v %v %v; want 0.5 1 0.5", a.ShareOf(0), a.ShareOf(1), a.ShareOf(2))
+	}
+	a.fleet.leave(x)
+	a.fleet.leave(y)
+	for i := range 3 {
+		if a.ShareOf(i) != 0 || a.WaitingFor(i) != 0 {
+			t.Fatalf("backend %d: share %v, waiting %d after both left", i, a.ShareOf(i), a.WaitingFor(i))
+		}
 	}
 }

@@ -80,9 +80,10 @@ type WaitQueue struct {
 	head, tail *Ticket
 	n, max     int
 	waiting    atomic.Int64 // n, readable without the lock: releases check it on every request
-	// per[i] counts the waiters that want backend i, readable without the
-	// lock (predictions read it on every request); grown under mu.
-	per atomic.Pointer[[]atomic.Int32]
+	// per[i] counts the waiters that want backend i, and their share of it
+	// (see Share), readable without the lock (predictions read it on every
+	// request); grown under mu.
+	per atomic.Pointer[[]backendWaiters]
 
 	aging    time.Duration
 	ageScale time.Duration // assign mode: the age term's scale (AssignAging)
@@ -231,24 +232,47 @@ func (q *WaitQueue) SetScores(t *Ticket, scores []float64) {
 	q.mu.Unlock()
 }
 
-// countLocked adds d to the waiter count of every backend in wants.
+// backendWaiters counts the waiters that want one backend: how many, and
+// their share of it in shareUnits (see WaitQueue.Share).
+type backendWaiters struct {
+	n     atomic.Int32
+	share atomic.Int64
+}
+
+// shareUnit is one whole waiter in a backend's share count.
+const shareUnit = 1 << 20
+
+// shareOf is what a waiter that can use the backends of wants counts on each
+// of them: one whole waiter split evenly, in shareUnits.
+func shareOf(wants BackendSet) int64 {
+	k := 0
+	for _, word := range wants {
+		k += bits.OnesCount64(word)
+	}
+	return shareUnit / int64(max(k, 1))
+}
+
+// countLocked adds d waiters to the count of every backend in wants.
 func (q *WaitQueue) countLocked(wants BackendSet, d int32) {
 	p := q.per.Load()
 	if p == nil || len(*p) < 64*len(wants) {
-		grown := make([]atomic.Int32, 64*len(wants))
+		grown := make([]backendWaiters, 64*len(wants))
 		if p != nil {
 			for i := range *p {
-				grown[i].Store((*p)[i].Load())
+				grown[i].n.Store((*p)[i].n.Load())
+				grown[i].share.Store((*p)[i].share.Load())
 			}
 		}
 		q.per.Store(&grown)
 		p = &grown
 	}
+	share := int64(d) * shareOf(wants)
 	for w, word := range wants {
 		for word != 0 {
 			b := bits.TrailingZeros64(word)
 			word &^= 1 << b
-			(*p)[64*w+b].Add(d)
+			(*p)[64*w+b].n.Add(d)
+			(*p)[64*w+b].share.Add(share)
 		}
 	}
 }
@@ -259,7 +283,19 @@ func (q *WaitQueue) Waiting(i int) int {
 	if p == nil || i < 0 || i >= len(*p) {
 		return 0
 	}
-	return int((*p)[i].Load())
+	return int((*p)[i].n.Load())
+}
+
+// Share is how many of the waiting requests can be expected to take backend
+// i's slots: each waiter that can use k backends counts 1/k on each of them
+// (it takes whichever of them frees first; an even split is the estimate
+// that needs nothing but the queue). Waiting(i) bounds it.
+func (q *WaitQueue) Share(i int) float64 {
+	p := q.per.Load()
+	if p == nil || i < 0 || i >= len(*p) {
+		return 0
+	}
+	return float64((*p)[i].share.Load()) / shareUnit
 }
 
 // SetWants changes which backends a waiter can use (it keeps its place in
@@ -491,18 +527,25 @@ func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
 
 // Ahead counts the waiters ahead of t in line that can use backend i.
 func (q *WaitQueue) Ahead(t *Ticket, i int) int {
+	n, _ := q.AheadShare(t, i)
+	return n
+}
+
+// AheadShare is Ahead, and those waiters' share of backend i (see Share).
+func (q *WaitQueue) AheadShare(t *Ticket, i int) (n int, share float64) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if !t.queued {
-		return 0
+		return 0, 0
 	}
-	n := 0
+	var units int64
 	for o := q.head; o != nil && o != t; o = o.next {
 		if o.wants.Has(i) {
 			n++
+			units += shareOf(o.wants)
 		}
 	}
-	return n
+	return n, float64(units) / shareUnit
 }
 
 // each calls fn with every waiter's class and arrival, under the queue's

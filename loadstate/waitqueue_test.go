@@ -2,6 +2,7 @@ package loadstate
 
 import (
 	"errors"
+	"math"
 	"testing"
 )
 
@@ -69,6 +70,35 @@ func TestWaitQueueWakesOldestWaiterThatCanUseTheSlot(t *testing.T) {
 	q.Leave(c)
 	if q.Len() != 0 || q.Waiting(1) != 0 {
 		t.Fatalf("queue not empty after everyone left: len %d", q.Len())
+	}
+}
+
+// TestWaitQueueShare: a waiter that can use k backends counts 1/k on each
+// of them, in the whole queue and ahead of a given waiter, and its share
+// follows it when it changes what it wants and when it leaves.
+func TestWaitQueueShare(t *testing.T) {
+	q := NewWaitQueue(10)
+	a, _ := q.Enter(set(4, 0))          // 1 on backend 0
+	b, _ := q.Enter(set(4, 0, 1))       // ½ on 0 and 1
+	c, _ := q.Enter(set(4, 0, 1, 2, 3)) // ¼ on each
+	near := func(x, want float64) bool { return math.Abs(x-want) < 1e-9 }
+	if !near(q.Share(0), 1.75) || !near(q.Share(1), 0.75) || !near(q.Share(3), 0.25) || q.Waiting(0) != 3 {
+		t.Fatalf("shares %v %v %v (waiting on 0: %d), want 1.75 0.75 0.25 (3)", q.Share(0), q.Share(1), q.Share(3), q.Waiting(0))
+	}
+	if n, share := q.AheadShare(c, 0); n != 2 || !near(share, 1.5) {
+		t.Fatalf("ahead of c for backend 0: %d, %v; want 2, 1.5", n, share)
+	}
+	q.SetWants(b, set(4, 1))
+	if !near(q.Share(0), 1.25) || !near(q.Share(1), 1.25) {
+		t.Fatalf("after b wants only 1: shares %v %v, want 1.25 1.25", q.Share(0), q.Share(1))
+	}
+	for _, w := range []*Ticket{a, b, c} {
+		q.Leave(w)
+	}
+	for i := range 4 {
+		if q.Share(i) != 0 || q.Waiting(i) != 0 {
+			t.Fatalf("backend %d: share %v, waiting %d after everyone left", i, q.Share(i), q.Waiting(i))
+		}
 	}
 }
 
