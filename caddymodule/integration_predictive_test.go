@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/modelrouter/modelrouter/caddymodule/sim"
+	"github.com/modelrouter/modelrouter/internal/redistest"
 )
 
 // predictiveCaddyfile is a fast backend (2 slots, 2ms per token) and a slow
@@ -148,6 +149,60 @@ func TestIntegrationLongAnswerWaitsForTheFastBackend(t *testing.T) {
 	}
 	if r := <-long; r.status != 200 || r.header.Get(backendHeader) != "fast" {
 		t.Fatalf("long answer: %d from %q, want the fast backend", r.status, r.header.Get(backendHeader))
+	}
+	g.waitIdle()
+}
+
+// TestIntegrationSheddableDoesNotWaitForABetterBackend: with the fast
+// backend full, a long answer of a class that does not wait takes the slow
+// backend's free slot instead of waiting for the fast one: it was refused
+// with 503 capacity_exhausted while 8 slow slots were free.
+func TestIntegrationSheddableDoesNotWaitForABetterBackend(t *testing.T) {
+	file := strings.Replace(predictiveCaddyfile, "explore 0", "explore 0\n\t\tpriorities normal sheddable\n\t\tpriority_header X-Priority", 1)
+	g := startGateway(t, gatewayOptions{}, file, nil)
+	url := g.url("gw") + "/v1/chat/completions"
+	ctx, cancel := context.WithCancel(context.Background())
+	holders := make(chan result, 2)
+	for range 2 {
+		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
+	}
+	g.waitHeld("fast", 2)
+	r := send(context.Background(), http.DefaultClient, url, sized(256), "X-Priority", "sheddable")
+	if r.status != 200 || r.header.Get(backendHeader) != "slow" {
+		t.Errorf("sheddable long answer with the slow backend free: %d from %q: %s", r.status, r.header.Get(backendHeader), r.body)
+	}
+	cancel()
+	for range 2 {
+		<-holders
+	}
+	g.waitIdle()
+}
+
+// TestIntegrationFleetGrantExplanation: with Redis, a long answer that waits
+// in the fleet's line for the fast backend and is handed a slot there is
+// explained with fast chosen, never as "left out" of its own decision.
+func TestIntegrationFleetGrantExplanation(t *testing.T) {
+	file := strings.Replace(predictiveCaddyfile, "pool {{.Pool}}", "pool {{.Pool}}\n\t\tredis "+redistest.Start(t).URL(), 1)
+	g := startGateway(t, gatewayOptions{}, file, nil)
+	url := g.url("gw") + "/v1/chat/completions"
+	ctx, cancel := context.WithCancel(context.Background())
+	holders := make(chan result, 2)
+	for range 2 {
+		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
+	}
+	g.waitHeld("fast", 2)
+	depth := metricValue(t, theMetrics().queueDepth)
+	long := make(chan result, 1)
+	go func() { long <- send(context.Background(), http.DefaultClient, url, sized(256), "X-Explain-Please", "1") }()
+	eventually(t, drainTimeout, "the long request to wait", func() bool { return metricValue(t, theMetrics().queueDepth) == depth+1 })
+	cancel()
+	for range 2 {
+		<-holders
+	}
+	r := <-long
+	ex := r.header.Get(explainResponseHeader)
+	if r.status != 200 || r.header.Get(backendHeader) != "fast" || !strings.Contains(ex, "chosen=fast") || strings.Contains(ex, "fast left_out") {
+		t.Errorf("%d from %q, explained %q; want fast, chosen and not left out", r.status, r.header.Get(backendHeader), ex)
 	}
 	g.waitIdle()
 }

@@ -142,6 +142,9 @@ func (rt *routing) explanation(backend int) string {
 		fmt.Fprintf(&b, " patience=%s", rt.firstPatience.Round(time.Millisecond))
 	}
 	listed := make([]bool, len(rt.pool.Backends))
+	// The backend chosen is never "left out", even when the slot came to a
+	// request waiting in the fleet's line from a call that offered none.
+	listed[backend] = true
 	for _, c := range rt.decision {
 		listed[c.Index] = true
 		rt.explainCandidate(&b, c.Index, c.Score, "", c.Full, c.Predicted)

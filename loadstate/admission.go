@@ -123,13 +123,21 @@ func (w *Waiter) Ahead(i int) (n int, share float64, queued bool) {
 // tick: a release or its own deadline), bounded by the queue's size and the
 // request's wait budget. Waiters are served by priority class, then (within
 // a class) first come, first served among those a freed slot can serve, or
-// by the optimal assignment (see WaitQueue); newcomers never take a slot a
-// waiter could use.
+// by the optimal assignment (see WaitQueue); newcomers never take a free slot
+// a waiter is owed (see owed).
 type Admission struct {
 	AdmissionOptions
 	// parked, when set (tests), is called each time a waiter is about to
 	// block until a wake, its patience or its deadline.
 	parked func()
+	// looking serialises the requests that look for room on their own
+	// while others wait (newcomers, waiters not woken for a slot): the
+	// check of what the waiters are owed and the acquire are one step, so
+	// that two of them never both take the one free slot left over.
+	looking sync.Mutex
+	// lookBlocked, when set (tests), is called when a request is about to
+	// wait for another's look.
+	lookBlocked func()
 	// fleet is this replica's requests in a fleet-wide queue.
 	fleet fleetWaiters
 }
@@ -400,14 +408,18 @@ var (
 // waiter joins the fleet's line rather than wait for local wakes that the
 // fleet's releases no longer send.
 func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Waiter, plan Plan, maxWait time.Duration) (backend int, waited time.Duration, err error) {
-	if len(plan.Try) > 0 {
-		// Newcomers leave to the requests already waiting the free slots
-		// those can use (see owed).
-		var skip func(int) bool
-		if a.Queue.Len() > 0 {
-			skip = func(i int) bool { return a.owed(i, a.Queue.Waiting(i)) }
+	if plan.Patience > 0 && (w.Shed || a.Queue.Full()) {
+		// It cannot wait for the backends its plan holds out for: any
+		// backend with room is better than none.
+		if plan, err = w.Plan(false, true); err != nil {
+			return -1, 0, err
 		}
-		if b, err := a.try(budget, w, plan.Try, skip); b >= 0 || err != nil {
+	}
+	// Newcomers leave to the requests already waiting the free slots those
+	// can use (see owed).
+	newcomer := func(i int) bool { return a.owed(i, a.Queue.Waiting(i)) }
+	if len(plan.Try) > 0 {
+		if b, err := a.try(budget, w, plan.Try, newcomer); b >= 0 || err != nil {
 			return b, 0, err
 		}
 	}
@@ -422,6 +434,17 @@ func (a *Admission) admitLocal(ctx, budget context.Context, fq FleetQueue, w *Wa
 	start := a.Clock.Now()
 	ticket, err := a.Queue.EnterClass(plan.Wants, w.Class, w.arrived)
 	if err != nil {
+		if errors.Is(err, ErrQueueFull) && plan.Patience > 0 {
+			// The line filled up since the look above: settle for any
+			// backend with room rather than refuse the request.
+			settledPlan, perr := w.Plan(false, true)
+			if perr != nil {
+				return -1, 0, perr
+			}
+			if b, err := a.try(budget, w, settledPlan.Try, newcomer); b >= 0 || err != nil {
+				return b, 0, err
+			}
+		}
 		return -1, 0, err
 	}
 	if a.Entered != nil {
@@ -567,6 +590,17 @@ func (a *Admission) admitFleet(ctx, budget context.Context, fq FleetQueue, w *Wa
 				ticket.Waited = a.Clock.Now().Sub(w.arrived)
 			}
 		}
+		if ticket == nil && plan.Patience > 0 {
+			// It cannot wait (its class does not, or the line is full) for
+			// the backends its plan holds out for: ask for any with room.
+			if plan, err = w.Plan(false, true); err != nil {
+				if reserved {
+					a.fleet.unreserve()
+				}
+				return -1, 0, err
+			}
+			try = plan.Try
+		}
 		slots, _ := w.Slots(try)
 		name, inQueue, err := fq.AcquireOrQueue(budget, w.ID, slots, ticket)
 		if inQueue && queued == nil {
@@ -707,8 +741,20 @@ func (a *Admission) owed(i, waiting int) bool {
 }
 
 // try asks the store for a slot on the candidates, skipping those skip says.
+// With skip, the check and the acquire are one step among the requests that
+// look with a skip (see looking).
 func (a *Admission) try(ctx context.Context, w *Waiter, cands []int, skip func(int) bool) (int, error) {
+	if skip != nil && a.Queue.Len() == 0 && a.fleet.n.Load() == 0 {
+		skip = nil // nobody waits: nothing is owed
+	}
 	if skip != nil {
+		if !a.looking.TryLock() {
+			if a.lookBlocked != nil {
+				a.lookBlocked()
+			}
+			a.looking.Lock()
+		}
+		defer a.looking.Unlock()
 		kept := cands[:0:0]
 		for _, c := range cands {
 			if !skip(c) {

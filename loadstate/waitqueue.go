@@ -522,6 +522,14 @@ func (q *WaitQueue) wakeForRoom(free func(i int) int, backends int) {
 	q.NotifyMany(slots)
 }
 
+// Full reports whether the queue holds as many waiters as it may (a request
+// that enters now gets ErrQueueFull, unless one leaves first).
+func (q *WaitQueue) Full() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n >= q.max
+}
+
 // Len returns how many requests wait.
 func (q *WaitQueue) Len() int { return int(q.waiting.Load()) }
 
