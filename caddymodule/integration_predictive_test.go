@@ -193,7 +193,9 @@ func TestIntegrationFleetGrantExplanation(t *testing.T) {
 	g.waitHeld("fast", 2)
 	depth := metricValue(t, theMetrics().queueDepth)
 	long := make(chan result, 1)
-	go func() { long <- send(context.Background(), http.DefaultClient, url, sized(256), "X-Explain-Please", "1") }()
+	go func() {
+		long <- send(context.Background(), http.DefaultClient, url, sized(256), "X-Explain-Please", "1")
+	}()
 	eventually(t, drainTimeout, "the long request to wait", func() bool { return metricValue(t, theMetrics().queueDepth) == depth+1 })
 	cancel()
 	for range 2 {
