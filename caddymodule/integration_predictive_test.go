@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,6 +116,30 @@ func TestIntegrationLongAnswersGoToTheFastBackend(t *testing.T) {
 	g.waitIdle()
 }
 
+// holdFast fills the fast backend's two slots with long requests that hang
+// until the returned release is called (it waits for them to end; the test's
+// cleanup calls it too).
+func holdFast(t *testing.T, g *gateway, url string) (release func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	holders := make(chan result, 2)
+	for range 2 {
+		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
+	}
+	g.waitHeld("fast", 2)
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			cancel()
+			for range 2 {
+				<-holders
+			}
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
 // TestIntegrationLongAnswerWaitsForTheFastBackend: with the fast backend
 // full, a long answer waits for a fast slot (a second of waiting at most
 // beats three on the slow backend) instead of taking a free slow one, while a
@@ -122,13 +147,7 @@ func TestIntegrationLongAnswersGoToTheFastBackend(t *testing.T) {
 func TestIntegrationLongAnswerWaitsForTheFastBackend(t *testing.T) {
 	g := startGateway(t, gatewayOptions{}, predictiveCaddyfile, nil)
 	url := g.url("gw") + "/v1/chat/completions"
-	// Both fast slots held by requests that end when we say.
-	ctx, cancel := context.WithCancel(context.Background())
-	holders := make(chan result, 2)
-	for range 2 {
-		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
-	}
-	g.waitHeld("fast", 2)
+	release := holdFast(t, g, url) // both fast slots, until we say
 
 	short := make(chan result, 1)
 	go func() { short <- send(context.Background(), http.DefaultClient, url, sized(8)) }()
@@ -143,10 +162,7 @@ func TestIntegrationLongAnswerWaitsForTheFastBackend(t *testing.T) {
 	if n := g.simStats("slow").Requests; n != 1 {
 		t.Fatalf("the slow backend got %d requests; the long one must wait for the fast backend", n)
 	}
-	cancel() // the fast slots free up
-	for range 2 {
-		<-holders
-	}
+	release() // the fast slots free up
 	if r := <-long; r.status != 200 || r.header.Get(backendHeader) != "fast" {
 		t.Fatalf("long answer: %d from %q, want the fast backend", r.status, r.header.Get(backendHeader))
 	}
@@ -161,20 +177,12 @@ func TestIntegrationSheddableDoesNotWaitForABetterBackend(t *testing.T) {
 	file := strings.Replace(predictiveCaddyfile, "explore 0", "explore 0\n\t\tpriorities normal sheddable\n\t\tpriority_header X-Priority", 1)
 	g := startGateway(t, gatewayOptions{}, file, nil)
 	url := g.url("gw") + "/v1/chat/completions"
-	ctx, cancel := context.WithCancel(context.Background())
-	holders := make(chan result, 2)
-	for range 2 {
-		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
-	}
-	g.waitHeld("fast", 2)
+	release := holdFast(t, g, url)
 	r := send(context.Background(), http.DefaultClient, url, sized(256), "X-Priority", "sheddable")
 	if r.status != 200 || r.header.Get(backendHeader) != "slow" {
 		t.Errorf("sheddable long answer with the slow backend free: %d from %q: %s", r.status, r.header.Get(backendHeader), r.body)
 	}
-	cancel()
-	for range 2 {
-		<-holders
-	}
+	release()
 	g.waitIdle()
 }
 
@@ -185,22 +193,14 @@ func TestIntegrationFleetGrantExplanation(t *testing.T) {
 	file := strings.Replace(predictiveCaddyfile, "pool {{.Pool}}", "pool {{.Pool}}\n\t\tredis "+redistest.Start(t).URL(), 1)
 	g := startGateway(t, gatewayOptions{}, file, nil)
 	url := g.url("gw") + "/v1/chat/completions"
-	ctx, cancel := context.WithCancel(context.Background())
-	holders := make(chan result, 2)
-	for range 2 {
-		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
-	}
-	g.waitHeld("fast", 2)
+	release := holdFast(t, g, url)
 	depth := metricValue(t, theMetrics().queueDepth)
 	long := make(chan result, 1)
 	go func() {
 		long <- send(context.Background(), http.DefaultClient, url, sized(256), "X-Explain-Please", "1")
 	}()
 	eventually(t, drainTimeout, "the long request to wait", func() bool { return metricValue(t, theMetrics().queueDepth) == depth+1 })
-	cancel()
-	for range 2 {
-		<-holders
-	}
+	release()
 	r := <-long
 	ex := r.header.Get(explainResponseHeader)
 	if r.status != 200 || r.header.Get(backendHeader) != "fast" || !strings.Contains(ex, "chosen=fast") || strings.Contains(ex, "fast left_out") {
@@ -215,23 +215,14 @@ func TestIntegrationFleetGrantExplanation(t *testing.T) {
 func TestIntegrationPatienceRunsOut(t *testing.T) {
 	g := startGateway(t, gatewayOptions{}, predictiveCaddyfile, nil)
 	url := g.url("gw") + "/v1/chat/completions"
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	holders := make(chan result, 2)
-	for range 2 {
-		go func() { holders <- send(ctx, http.DefaultClient, url, sized(256), sim.FaultHeader, sim.FaultHang) }()
-	}
-	g.waitHeld("fast", 2)
+	release := holdFast(t, g, url)
 	// The fast backend never frees: the long request ends up on the slow one,
 	// not with a 503 after max_wait (30s).
 	r := send(context.Background(), http.DefaultClient, url, sized(256))
 	if r.status != 200 || r.header.Get(backendHeader) != "slow" {
 		t.Fatalf("status %d from %q, want 200 from the slow backend", r.status, r.header.Get(backendHeader))
 	}
-	cancel()
-	for range 2 {
-		<-holders
-	}
+	release()
 	g.waitIdle()
 }
 

@@ -91,16 +91,8 @@ func TestAdmissionOwedIsOneStep(t *testing.T) {
 	e.adm.Store = gs
 	blocked := make(chan struct{}, 1)
 	e.adm.lookBlocked = func() { blocked <- struct{}{} }
-	wants0 := NewBackendSet(2)
-	wants0.Add(0)
-	patient := e.waiter("patient", 0)
-	patient.Plan = func(woken, settled bool) (Plan, error) {
-		return Plan{Wants: wants0, Patience: time.Hour}, nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	waiting := e.admit(ctx, patient, time.Hour)
-	e.queued(1)
+	stop := e.patientFor(0)
+	defer stop()
 	mustAcquire(t, e.store, "holder", []Slot{{Backend: "a", Capacity: 3}}, 0) // 2 free, 1 owed
 	r1 := e.admit(context.Background(), e.waiter("n1", 0, 1), time.Second)
 	if id := <-gs.arrived; id != "n1" {
@@ -117,6 +109,4 @@ func TestAdmissionOwedIsOneStep(t *testing.T) {
 	if a.backend != 0 || b.backend != 1 {
 		t.Fatalf("n1 on %d, n2 on %d; want 0 and 1 (the last free slot on 0 is the waiter's)", a.backend, b.backend)
 	}
-	cancel()
-	<-waiting
 }

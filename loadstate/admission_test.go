@@ -154,6 +154,22 @@ func (e *admissionEnv) admit(ctx context.Context, w *Waiter, maxWait time.Durati
 	return out
 }
 
+// patientFor queues a request that waits for backend i whatever the counts
+// say (one holding out for it, or woken and not yet served), until the
+// returned stop is called.
+func (e *admissionEnv) patientFor(i int) (stop func()) {
+	e.t.Helper()
+	wants := NewBackendSet(len(e.caps))
+	wants.Add(i)
+	w := e.waiter("patient", i)
+	w.Plan = func(woken, settled bool) (Plan, error) { return Plan{Wants: wants, Patience: time.Hour}, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	n := e.queue.Len() + 1
+	done := e.admit(ctx, w, time.Hour)
+	e.queued(n)
+	return func() { cancel(); <-done }
+}
+
 // queueGrew is closed when more than n requests wait (polled until the
 // test ends).
 func (e *admissionEnv) queueGrew(n int) <-chan struct{} {
@@ -322,18 +338,7 @@ func TestAdmissionFIFO(t *testing.T) {
 // goes on to the next candidate.
 func TestAdmissionNewcomerTakesRoomNobodyIsOwed(t *testing.T) {
 	e := newAdmissionEnv(t, QueueOptions{}, 3, 4)
-	// A request that waits for backend 0 whatever the counts say (a waiter
-	// holding out for it, woken and not yet served, say).
-	wants0 := NewBackendSet(2)
-	wants0.Add(0)
-	patient := e.waiter("patient", 0)
-	patient.Plan = func(woken, settled bool) (Plan, error) {
-		return Plan{Wants: wants0, Patience: time.Hour}, nil
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	waiting := e.admit(ctx, patient, time.Hour)
-	e.queued(1)
+	stop := e.patientFor(0)
 	mustAcquire(t, e.store, "holder", []Slot{{Backend: "a", Capacity: 3}}, 0) // 1 of 3 in flight: 2 free, 1 owed
 	newcomer := e.admit(context.Background(), e.waiter("newcomer", 0, 1), time.Second)
 	select {
@@ -351,8 +356,7 @@ func TestAdmissionNewcomerTakesRoomNobodyIsOwed(t *testing.T) {
 	if n := e.store.Inflight("a"); n != 2 {
 		t.Fatalf("backend 0 has %d in flight, want 2 (its last slot left to the waiter)", n)
 	}
-	cancel()
-	<-waiting
+	stop()
 }
 
 // TestAdmissionHoldsOutForTheBackendsTried: a plan that tries backends with
