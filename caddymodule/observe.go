@@ -121,7 +121,8 @@ func (rt *routing) logFields(r *http.Request, backend, attempts int, aw *attempt
 // waited for a better backend, how long it was willing to. A predictive
 // strategy's explanation ends with the eligible backends it left out of the
 // attempt ("left_out": with room but much slower than those it held out for,
-// or full and not worth waiting for), with their predictions. Never request content; backend names come from configuration.
+// or full and not worth waiting for), with their predictions. Never request
+// content; backend names come from configuration.
 //
 //	strategy=balanced chosen=big; big score=0.7 inflight=1/8 wait=0s ttft=90ms total=2.1s; fast left_out inflight=2/2 waiting=9 full wait=2.2s ttft=2.3s total=2.6s
 //	strategy=balanced chosen=fast; fast score=0.9 inflight=1/2 wait=0s ttft=10ms total=520ms; slow score=0.4 left_out inflight=0/8 wait=0s ttft=40ms total=3.1s

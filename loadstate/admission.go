@@ -234,7 +234,7 @@ func (f *fleetWaiters) setWantsLocked(fw *fleetWait, wants BackendSet) {
 }
 
 // share is what fw counts on each backend it wants (see WaitQueue.Share).
-func (fw *fleetWait) share() int64 { return shareUnit / int64(max(len(fw.wants), 1)) }
+func (fw *fleetWait) share() int64 { return shareAmong(len(fw.wants)) }
 
 func (f *fleetWaiters) uncountLocked(fw *fleetWait) {
 	for _, i := range fw.wants {
@@ -744,8 +744,8 @@ func (a *Admission) owed(i, waiting int) bool {
 // With skip, the check and the acquire are one step among the requests that
 // look with a skip (see looking).
 func (a *Admission) try(ctx context.Context, w *Waiter, cands []int, skip func(int) bool) (int, error) {
-	if skip != nil && a.Queue.Len() == 0 && a.fleet.n.Load() == 0 {
-		skip = nil // nobody waits: nothing is owed
+	if skip != nil && a.Queue.Len() == 0 {
+		skip = nil // nobody waits in the local line: nothing is owed (see owed)
 	}
 	if skip != nil {
 		if !a.looking.TryLock() {

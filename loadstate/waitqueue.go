@@ -243,14 +243,18 @@ type backendWaiters struct {
 const shareUnit = 1 << 20
 
 // shareOf is what a waiter that can use the backends of wants counts on each
-// of them: one whole waiter split evenly, in shareUnits.
+// of them: one whole waiter split evenly, in shareUnits (see shareAmong).
 func shareOf(wants BackendSet) int64 {
 	k := 0
 	for _, word := range wants {
 		k += bits.OnesCount64(word)
 	}
-	return shareUnit / int64(max(k, 1))
+	return shareAmong(k)
 }
+
+// shareAmong is one waiter's share of each of the k backends it can use, in
+// shareUnits.
+func shareAmong(k int) int64 { return shareUnit / int64(max(k, 1)) }
 
 // countLocked adds d waiters to the count of every backend in wants.
 func (q *WaitQueue) countLocked(wants BackendSet, d int32) {
